@@ -1,0 +1,234 @@
+"""What a worker does with one record, with no Kafka in sight: request -> image -> dedup -> segment -> result.
+
+The Kafka loop (:mod:`consumers.worker`) hands over :class:`InboundRecord` values and publishes the
+:class:`Outcome` it gets back. Every failure becomes an error result plus a dead-letter record carrying the original
+payload and the reason: bad input never raises out of here (the ok/err split of a stream processor).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from consumers.dedup import DedupCache, dedup_key, model_fingerprint
+from pipeline.errors import MalformedRequestError, SegmentationError
+from pipeline.image_io import ImageLimits, decode_image, image_sha256
+from pipeline.segmenter import Segmenter, resolve_params, validate_prompts
+from pipeline.types import SegmentParams
+from schemas import (
+    DeadLetter,
+    ErrorInfo,
+    SegmentRequest,
+    SegmentResultMessage,
+    decode_request,
+    decode_result,
+    encode_result,
+    headers_from_kafka,
+    is_avro_request,
+    now_ms,
+    parse_bare_request,
+    peek_bare_envelope,
+    peek_request_envelope,
+)
+
+log = logging.getLogger(__name__)
+
+
+class InternalError(SegmentationError):
+    """A bug or an unexpected failure inside the worker: reported per request instead of killing the worker."""
+
+    code = "internal_error"
+
+
+@dataclass(frozen=True, slots=True)
+class InboundRecord:
+    """A consumed record, as plain data (the Kafka layer copies it out of confluent-kafka's Message)."""
+
+    value: bytes | None
+    key: bytes | None
+    headers: tuple[tuple[str, bytes | None], ...]
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int | None = None
+
+    @property
+    def fallback_request_id(self) -> str:
+        return f"{self.topic}:{self.partition}:{self.offset}"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What to publish for one record: always a result; a dead letter too when the request failed."""
+
+    record: InboundRecord
+    result: SegmentResultMessage
+    result_bytes: bytes
+    reply_to: str | None
+    dead_letter: DeadLetter | None = None
+
+
+@dataclass(slots=True)
+class PendingSegmentation:
+    """A request that passed every check and now needs a model (or another worker's stored result)."""
+
+    record: InboundRecord
+    request: SegmentRequest
+    image: np.ndarray
+    image_sha256: str
+    params: SegmentParams
+    cache_key: str
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    enqueued_at: float = field(default_factory=time.perf_counter)
+
+
+class RequestProcessor:
+    """Turns records into outcomes; thread-safe (decode/dedup run on a pool, segmentation on one thread)."""
+
+    def __init__(self, segmenter: Segmenter, cache: DedupCache | None, *, worker_id: str) -> None:
+        self.segmenter = segmenter
+        self.cache = cache
+        self.worker_id = worker_id
+        self.limits = ImageLimits.from_settings(segmenter.settings)
+        self.fingerprint = model_fingerprint(segmenter.settings)
+        self.dedup_wait_s = cache.settings.max_wait if cache is not None else 0.0
+
+    # -- stage 1: everything before the model (runs on the decode pool) ---------------------------------------
+    def prepare(self, record: InboundRecord) -> Outcome | PendingSegmentation:
+        """Parse, decode, check and look up the cache. Returns a final outcome or work for the model."""
+        started = time.perf_counter()
+        try:
+            request = self._parse(record)
+        except SegmentationError as exc:
+            return self.failure(record, exc, started=started)
+        try:
+            image = decode_image(request.image, limits=self.limits)
+            params = resolve_params(request.params, self.segmenter.settings)
+            validate_prompts(request.prompts, image.shape[1], image.shape[0])
+            digest = image_sha256(image)
+        except SegmentationError as exc:
+            return self.failure(record, exc, request=request, started=started)
+        timings = {"decode": _ms_since(started)}
+        key = dedup_key(digest, request.prompts, params, self.fingerprint)
+        pending = PendingSegmentation(record, request, image, digest, params, key, timings)
+        if self.cache is None:
+            return pending
+        lookup_started = time.perf_counter()
+        stored = self.cache.lookup_or_claim(key, self.worker_id, timeout=self.dedup_wait_s)
+        timings["dedup"] = _ms_since(lookup_started)
+        if stored is not None:
+            hit = self._from_cache(pending, stored)
+            if hit is not None:
+                return hit
+        pending.enqueued_at = time.perf_counter()
+        return pending
+
+    def _parse(self, record: InboundRecord) -> SegmentRequest:
+        if is_avro_request(record.headers):
+            if not record.value:
+                raise MalformedRequestError("Avro request record has no value")
+            return decode_request(record.value)
+        request = parse_bare_request(record.value, record.headers, fallback_request_id=record.fallback_request_id)
+        if request.submitted_at_ms == 0 and record.timestamp_ms:
+            request = replace(request, submitted_at_ms=record.timestamp_ms)
+        return request
+
+    def _from_cache(self, pending: PendingSegmentation, stored: bytes) -> Outcome | None:
+        try:
+            original = decode_result(stored)
+        except SegmentationError as exc:  # a corrupt or foreign entry: recompute rather than serve it
+            log.warning("ignoring unreadable cache entry %s: %s", pending.cache_key, exc)
+            return None
+        message = original.with_cache_hit(
+            pending.request.request_id, self.worker_id, pending.request.source, timings_ms=pending.timings_ms
+        )
+        return self._outcome(pending.record, message, pending.request.reply_to)
+
+    # -- stage 2: the model (runs on the inference thread, a micro-batch at a time) -----------------------------
+    def segment(self, batch: list[PendingSegmentation]) -> list[Outcome]:
+        """Run one micro-batch through the engine; one outcome per pending request, in order."""
+        started = time.perf_counter()
+        for pending in batch:
+            pending.timings_ms["queue"] = (started - pending.enqueued_at) * 1000.0
+        try:
+            results = self.segmenter.segment_batch([(p.image, p.request.prompts, p.params) for p in batch])
+        except Exception as exc:  # the engine reports per item; this is the last line of defence
+            log.exception("segment_batch raised")
+            results = [InternalError(f"{type(exc).__name__}: {exc}")] * len(batch)
+        outcomes = []
+        for pending, result in zip(batch, results, strict=True):
+            if isinstance(result, SegmentationError):
+                if self.cache is not None:
+                    self.cache.release(pending.cache_key, self.worker_id)
+                outcomes.append(
+                    self.failure(pending.record, result, request=pending.request, digest=pending.image_sha256)
+                )
+                continue
+            message = SegmentResultMessage.ok(
+                pending.request.request_id,
+                result,
+                image_sha256=pending.image_sha256,
+                worker_id=self.worker_id,
+                source=pending.request.source,
+                timings_ms={**pending.timings_ms, "batch_size": float(len(batch))},
+            )
+            outcome = self._outcome(pending.record, message, pending.request.reply_to)
+            if self.cache is not None:
+                self.cache.put(pending.cache_key, outcome.result_bytes, self.worker_id)
+            outcomes.append(outcome)
+        return outcomes
+
+    # -- results and failures ------------------------------------------------------------------------------------
+    def _outcome(self, record: InboundRecord, message: SegmentResultMessage, reply_to: str | None) -> Outcome:
+        return Outcome(record, message, encode_result(message), reply_to)
+
+    def failure(
+        self,
+        record: InboundRecord,
+        error: SegmentationError,
+        *,
+        request: SegmentRequest | None = None,
+        digest: str | None = None,
+        started: float | None = None,
+    ) -> Outcome:
+        """An error result addressed as well as the record allows, plus its dead-letter record."""
+        if request is not None:
+            request_id, source, reply_to = request.request_id, request.source, request.reply_to
+        else:
+            envelope = None
+            try:
+                if is_avro_request(record.headers):
+                    envelope = peek_request_envelope(record.value or b"")
+                else:
+                    envelope = peek_bare_envelope(record.headers, fallback_request_id=record.fallback_request_id)
+            except Exception:  # noqa: BLE001 - addressing is best effort; the record's position always works
+                envelope = None
+            request_id = envelope.request_id if envelope else record.fallback_request_id
+            source = envelope.source if envelope else None
+            reply_to = envelope.reply_to if envelope else None
+        info = ErrorInfo.from_error(error)
+        timings = {"decode": _ms_since(started)} if started is not None else {}
+        message = SegmentResultMessage.failure(
+            request_id, info, worker_id=self.worker_id, source=source, image_sha256=digest, timings_ms=timings
+        )
+        dead_letter = DeadLetter(
+            request_id=request_id,
+            error=info,
+            original_value=record.value,
+            original_key=record.key,
+            original_headers=headers_from_kafka(record.headers),
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            worker_id=self.worker_id,
+            failed_at_ms=now_ms(),
+        )
+        log.info("request %s failed: %s: %s", request_id, info.code, info.message)
+        return Outcome(record, message, encode_result(message), reply_to, dead_letter)
+
+
+def _ms_since(started: float) -> float:
+    return (time.perf_counter() - started) * 1000.0

@@ -1,0 +1,375 @@
+"""The worker: a consumer-group member that segments requests and publishes Avro results, at least once.
+
+Threads and their jobs:
+
+- the **poll loop** (the caller's thread) owns the consumer and the producer: it polls records, hands them to the
+  decode pool, publishes finished outcomes, and stores an offset only after every message of that record (result,
+  reply, dead letter) is delivered. It never blocks on the model, so a slow inference never exceeds
+  ``max.poll.interval.ms``; when ``MAX_WORKERS``-bounded work is full it pauses its partitions and keeps polling.
+- the **decode pool** (MAX_WORKERS threads) parses, decodes and looks up the Redis cache;
+- the **inference thread** runs micro-batches (up to BATCH_SIZE requests or BATCH_TIMEOUT_MS) through the engine.
+
+Offsets per partition advance to the lowest offset still in flight (:class:`OffsetTracker`), so a record is never
+acknowledged before its result is delivered. On revocation the worker finishes and delivers the revoked partitions'
+in-flight work (bounded by ``shutdown_timeout_s``) and commits; what is not finished by then is handed back
+uncommitted and redelivered to the new owner. SIGTERM/SIGINT: stop fetching, finish, flush, commit, close.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import queue
+import signal
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from consumers.dedup import DedupCache
+from consumers.processor import InboundRecord, InternalError, Outcome, PendingSegmentation, RequestProcessor
+from pipeline.segmenter import Segmenter
+from schemas import encode_dead_letter
+from segpipe.config import AppSettings
+from segpipe.kafka import make_consumer, make_producer
+
+log = logging.getLogger(__name__)
+
+TopicPartitionKey = tuple[str, int]
+
+
+class OffsetTracker:
+    """Which offsets are in flight per partition, and how far each partition may be committed."""
+
+    def __init__(self) -> None:
+        self._in_flight: dict[TopicPartitionKey, set[int]] = defaultdict(set)
+        self._highest_done: dict[TopicPartitionKey, int] = {}
+        self._lock = threading.Lock()
+
+    def add(self, tp: TopicPartitionKey, offset: int) -> None:
+        with self._lock:
+            self._in_flight[tp].add(offset)
+
+    def done(self, tp: TopicPartitionKey, offset: int) -> int | None:
+        """Mark an offset finished; return the offset to store (next to read) if the partition can advance."""
+        with self._lock:
+            pending = self._in_flight.get(tp)
+            if pending is None or offset not in pending:
+                return None  # the partition was revoked or lost meanwhile: its new owner will redo it
+            pending.discard(offset)
+            self._highest_done[tp] = max(self._highest_done.get(tp, -1), offset)
+            # Records of a partition arrive in offset order, so everything below the lowest one still in flight
+            # is finished: that is the next offset to read after a restart.
+            return min(pending) if pending else self._highest_done[tp] + 1
+
+    def count(self, partitions: set[TopicPartitionKey] | None = None) -> int:
+        with self._lock:
+            return sum(len(v) for tp, v in self._in_flight.items() if partitions is None or tp in partitions)
+
+    def forget(self, partitions: set[TopicPartitionKey]) -> None:
+        """Stop tracking partitions (revoked or lost): late completions for them are ignored."""
+        with self._lock:
+            for tp in partitions:
+                self._in_flight.pop(tp, None)
+                self._highest_done.pop(tp, None)
+
+
+@dataclass(slots=True)
+class _Publication:
+    """One outcome being published: the offset is stored when ``waiting`` reaches zero."""
+
+    outcome: Outcome
+    waiting: int = 0
+    failed: bool = False
+
+
+@dataclass(slots=True)
+class WorkerStats:
+    """Counters for logs, tests and metrics."""
+
+    consumed: int = 0
+    results: int = 0
+    errors: int = 0
+    cache_hits: int = 0
+    dead_letters: int = 0
+    delivery_retries: int = 0
+    batches: int = 0
+    by_model: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    by_fallback: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    by_error: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+class Worker:
+    """One consumer-group member; start more (more partitions) to scale."""
+
+    def __init__(
+        self,
+        settings: AppSettings,
+        *,
+        segmenter: Segmenter | None = None,
+        cache: DedupCache | None = None,
+        consumer_overrides: dict | None = None,
+    ) -> None:
+        self.settings = settings
+        self.segmenter = segmenter or Segmenter(settings.models)
+        if cache is None and settings.redis.enabled:
+            cache = DedupCache(settings.redis)
+        self.processor = RequestProcessor(self.segmenter, cache, worker_id=settings.worker.worker_id)
+        self.stats = WorkerStats()
+        self.tracker = OffsetTracker()
+        self._consumer_overrides = consumer_overrides or {}
+        self._stop = threading.Event()
+        self._completed: queue.Queue[Outcome] = queue.Queue()
+        self._model_queue: queue.Queue[PendingSegmentation | None] = queue.Queue()
+        self._assigned: set[TopicPartitionKey] = set()
+        self._paused = False
+        self._consumer: Consumer | None = None
+        self._producer: Producer | None = None
+        self.ready = threading.Event()
+        self.last_poll = time.monotonic()
+        self.on_outcome: Callable[[Outcome], None] | None = None  # tests and metrics hook
+
+    @property
+    def max_in_flight(self) -> int:
+        return self.settings.worker.max_workers + 2 * self.settings.worker.batch_size
+
+    def stop(self) -> None:
+        """Ask the loop to finish in-flight work and leave the group (safe from any thread or signal handler)."""
+        self._stop.set()
+
+    # -- main loop ---------------------------------------------------------------------------------------------------
+    def run(self) -> WorkerStats:
+        """Consume until :meth:`stop` (or SIGTERM/SIGINT when run on the main thread); returns the counters."""
+        kafka = self.settings.kafka
+        self.segmenter.warm_up()
+        self._install_signal_handlers()
+        consumer = make_consumer(kafka, **self._consumer_overrides)
+        producer = make_producer(kafka)
+        self._consumer, self._producer = consumer, producer
+        decode_pool = ThreadPoolExecutor(self.settings.worker.max_workers, thread_name_prefix="segpipe-decode")
+        inference = threading.Thread(target=self._inference_loop, name="segpipe-inference", daemon=True)
+        inference.start()
+        try:
+            consumer.subscribe(
+                [kafka.input_topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+            )
+            log.info("worker %s consuming %s as group %s", self.processor.worker_id, kafka.input_topic, kafka.group_id)
+            while not self._stop.is_set():
+                self._pump()
+                self._apply_backpressure()
+                message = consumer.poll(0.05)
+                self.last_poll = time.monotonic()
+                if message is None:
+                    continue
+                if message.error():
+                    if message.error().code() != KafkaError._PARTITION_EOF:
+                        log.warning("consume error: %s", message.error())
+                    continue
+                self._accept(message, decode_pool)
+            self._drain(set(self._assigned), self.settings.worker.shutdown_timeout_s)
+        finally:
+            self._model_queue.put(None)
+            decode_pool.shutdown(wait=False, cancel_futures=True)
+            try:
+                producer.flush(10)
+            finally:
+                consumer.close()  # commits the stored offsets and leaves the group
+            self.ready.clear()
+            log.info("worker %s stopped: %s", self.processor.worker_id, self.stats)
+        return self.stats
+
+    def _accept(self, message: Message, pool: ThreadPoolExecutor) -> None:
+        record = InboundRecord(
+            value=message.value(),
+            key=message.key(),
+            headers=tuple(message.headers() or ()),
+            topic=message.topic(),
+            partition=message.partition(),
+            offset=message.offset(),
+            timestamp_ms=message.timestamp()[1] if message.timestamp()[0] else None,
+        )
+        self.stats.consumed += 1
+        self.tracker.add((record.topic, record.partition), record.offset)
+        pool.submit(self._prepare, record)
+
+    def _prepare(self, record: InboundRecord) -> None:
+        try:
+            prepared = self.processor.prepare(record)
+        except Exception as exc:  # a bug must cost one request, not the worker
+            log.exception("prepare failed for %s", record.fallback_request_id)
+            prepared = self.processor.failure(record, InternalError(f"{type(exc).__name__}: {exc}"))
+        if isinstance(prepared, Outcome):
+            self._completed.put(prepared)
+        else:
+            self._model_queue.put(prepared)
+
+    def _inference_loop(self) -> None:
+        """Collect up to BATCH_SIZE requests, waiting at most BATCH_TIMEOUT_MS after the first, then run them."""
+        size = self.settings.worker.batch_size
+        window = self.settings.worker.batch_timeout_ms / 1000.0
+        while True:
+            first = self._model_queue.get()
+            if first is None:
+                return
+            batch = [first]
+            deadline = time.monotonic() + window
+            while len(batch) < size:
+                remaining = deadline - time.monotonic()
+                try:
+                    item = self._model_queue.get(timeout=remaining) if remaining > 0 else self._model_queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._model_queue.put(None)
+                    break
+                batch.append(item)
+            self.stats.batches += 1
+            try:
+                outcomes = self.processor.segment(batch)
+            except Exception as exc:  # never let the inference thread die
+                log.exception("inference batch failed")
+                outcomes = [self.processor.failure(p.record, InternalError(str(exc))) for p in batch]
+            for outcome in outcomes:
+                self._completed.put(outcome)
+
+    # -- publishing and offsets ----------------------------------------------------------------------------------
+    def _pump(self) -> None:
+        """Publish finished outcomes and serve delivery callbacks (on this thread)."""
+        assert self._producer is not None
+        while True:
+            try:
+                outcome = self._completed.get_nowait()
+            except queue.Empty:
+                break
+            self._publish(_Publication(outcome))
+        self._producer.poll(0)
+
+    def _publish(self, publication: _Publication) -> None:
+        assert self._producer is not None
+        outcome, kafka = publication.outcome, self.settings.kafka
+        key = outcome.result.request_id.encode()
+        targets = [(kafka.output_topic, outcome.result_bytes)]
+        if outcome.reply_to and outcome.reply_to != kafka.output_topic:
+            targets.append((outcome.reply_to, outcome.result_bytes))
+        if outcome.dead_letter is not None:
+            targets.append((kafka.dead_letter_topic, encode_dead_letter(outcome.dead_letter)))
+        publication.waiting = len(targets)
+        for topic, value in targets:
+            self._produce(topic, key, value, publication)
+
+    def _produce(self, topic: str, key: bytes, value: bytes, publication: _Publication) -> None:
+        assert self._producer is not None
+
+        def delivered(error: KafkaError | None, _message: Message) -> None:
+            if error is not None:
+                self.stats.delivery_retries += 1
+                log.warning("delivery to %s failed (%s): retrying", topic, error)
+                self._produce(topic, key, value, publication)
+                return
+            publication.waiting -= 1
+            if publication.waiting == 0:
+                self._published(publication.outcome)
+
+        while True:
+            try:
+                self._producer.produce(topic, value=value, key=key, on_delivery=delivered)
+                return
+            except BufferError:  # local queue full: serve callbacks, then try again
+                self._producer.poll(0.1)
+
+    def _published(self, outcome: Outcome) -> None:
+        record = outcome.record
+        result = outcome.result
+        self.stats.results += 1
+        if result.error is not None:
+            self.stats.errors += 1
+            self.stats.by_error[result.error.code] += 1
+        else:
+            self.stats.by_model[str(result.model)] += 1
+            if result.fallback_reason is not None:
+                self.stats.by_fallback[str(result.fallback_reason)] += 1
+        if result.cached:
+            self.stats.cache_hits += 1
+        if outcome.dead_letter is not None:
+            self.stats.dead_letters += 1
+        if self.on_outcome is not None:
+            self.on_outcome(outcome)
+        next_offset = self.tracker.done((record.topic, record.partition), record.offset)
+        if next_offset is not None and self._consumer is not None:
+            try:
+                self._consumer.store_offsets(offsets=[TopicPartition(record.topic, record.partition, next_offset)])
+            except KafkaException as exc:  # partition no longer ours: the new owner redoes it
+                log.info("could not store offset %s:%s@%s: %s", record.topic, record.partition, next_offset, exc)
+
+    def _apply_backpressure(self) -> None:
+        """Pause fetching while MAX_WORKERS-bounded work is full; keep polling so the group keeps us."""
+        assert self._consumer is not None
+        in_flight = self.tracker.count()
+        if not self._paused and in_flight >= self.max_in_flight and self._assigned:
+            self._consumer.pause([TopicPartition(t, p) for t, p in self._assigned])
+            self._paused = True
+        elif self._paused and in_flight <= self.max_in_flight // 2:
+            self._consumer.resume([TopicPartition(t, p) for t, p in self._assigned])
+            self._paused = False
+
+    def _drain(self, partitions: set[TopicPartitionKey], timeout: float) -> bool:
+        """Publish in-flight work of ``partitions`` until none is left or ``timeout``; True when all finished."""
+        assert self._producer is not None
+        deadline = time.monotonic() + timeout
+        while self.tracker.count(partitions) and time.monotonic() < deadline:
+            self._pump()
+            self._producer.poll(0.02)
+        self._producer.flush(max(0.0, deadline - time.monotonic()))
+        self._pump()
+        return self.tracker.count(partitions) == 0
+
+    # -- rebalance callbacks (run inside consumer.poll on this thread) -------------------------------------------
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._assigned |= {(tp.topic, tp.partition) for tp in partitions}
+        if self._paused and partitions:
+            consumer.pause(partitions)
+        self.ready.set()
+        log.info("assigned %s", sorted(self._assigned))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        revoked = {(tp.topic, tp.partition) for tp in partitions}
+        finished = self._drain(revoked, self.settings.worker.shutdown_timeout_s)
+        if not finished:
+            log.warning("handing back %d unfinished records of %s", self.tracker.count(revoked), sorted(revoked))
+        try:
+            consumer.commit(asynchronous=False)
+        except KafkaException as exc:  # e.g. ILLEGAL_GENERATION mid-rebalance, or nothing stored yet
+            log.info("commit on revoke: %s", exc)
+        self.tracker.forget(revoked)
+        self._assigned -= revoked
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        lost = {(tp.topic, tp.partition) for tp in partitions}
+        log.warning("partitions lost: %s (their in-flight work will be redone by the new owner)", sorted(lost))
+        self.tracker.forget(lost)
+        self._assigned -= lost
+
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: self.stop())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``segpipe worker``: every flag is also an environment variable (shown in --help)."""
+    parser = argparse.ArgumentParser(description="segpipe worker: segment images from Kafka")
+    parser.add_argument("--log-level", default=None, help="env LOG_LEVEL (default INFO)")
+    parser.parse_args(argv)
+    from segpipe.logs import configure_logging
+
+    configure_logging()
+    Worker(AppSettings()).run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,349 @@
+"""The segmentation engine: an RGB image plus prompts and parameters in, a list of masks out.
+
+The fallback rule (also in the README):
+
+1. ``model=fastsam``: FastSAM only. If it raises, the request fails (``model_failed``); if it finds nothing,
+   the result has no masks.
+2. ``model=sam2``: SAM2 only; ``fallback_reason`` stays empty, since nothing fell back.
+3. ``model=auto`` (default): FastSAM first. SAM2 answers instead when FastSAM
+   - raises or cannot be loaded (out of memory included) -> ``fastsam_error``,
+   - finds no mask (after cleanup) -> ``no_masks``,
+   - finds masks but its best predicted_iou is below ``fallback_min_score`` -> ``low_score``.
+   If SAM2 then fails too, the request fails with ``model_failed`` naming both errors; if SAM2 finds nothing,
+   its empty answer stands.
+
+The engine knows nothing of Kafka or Redis: the worker calls :meth:`Segmenter.segment_batch`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+import cv2
+import numpy as np
+
+from pipeline.errors import (
+    InvalidParametersError,
+    InvalidPromptError,
+    ModelFailedError,
+    ModelUnavailableError,
+    SegmentationError,
+)
+from pipeline.masks import build_mask_record
+from pipeline.models import FastSAMModel, RawMask, SAM2Model, SAM2Options, resolve_device
+from pipeline.settings import ModelSettings
+from pipeline.types import (
+    FallbackReason,
+    MaskRecord,
+    ModelChoice,
+    ModelName,
+    Prompts,
+    SegmentationResult,
+    SegmentParams,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_PROMPT_POINTS = 64
+MAX_PROMPT_BOXES = 64
+
+
+def resolve_params(params: SegmentParams, settings: ModelSettings) -> SegmentParams:
+    """Fill every ``None`` from the settings and check ranges, so equal requests resolve to equal parameters."""
+    try:
+        model = ModelChoice(params.model)
+    except ValueError:
+        raise InvalidParametersError(f"unknown model {params.model!r}: expected auto, fastsam or sam2") from None
+    resolved = SegmentParams(
+        model=model,
+        conf=settings.default_conf if params.conf is None else float(params.conf),
+        iou=settings.default_iou if params.iou is None else float(params.iou),
+        imgsz=settings.fastsam_imgsz if params.imgsz is None else int(params.imgsz),
+        max_contours=settings.max_contours if params.max_contours is None else int(params.max_contours),
+        mask_post_processing=(
+            settings.mask_post_processing if params.mask_post_processing is None else bool(params.mask_post_processing)
+        ),
+        fallback_min_score=(
+            settings.fallback_min_score if params.fallback_min_score is None else float(params.fallback_min_score)
+        ),
+    )
+    for name in ("conf", "iou", "fallback_min_score"):
+        value = getattr(resolved, name)
+        if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+            raise InvalidParametersError(f"{name} must be a number in [0, 1], got {value!r}")
+    if not 32 <= resolved.imgsz <= 4096:
+        raise InvalidParametersError(f"imgsz must be in [32, 4096], got {resolved.imgsz}")
+    if not 1 <= resolved.max_contours <= 1000:
+        raise InvalidParametersError(f"max_contours must be in [1, 1000], got {resolved.max_contours}")
+    return resolved
+
+
+def validate_prompts(prompts: Prompts, width: int, height: int) -> None:
+    """Refuse prompts a model would silently misread: non-finite, negative, outside the image, malformed."""
+    if len(prompts.points) > MAX_PROMPT_POINTS or len(prompts.boxes) > MAX_PROMPT_BOXES:
+        raise InvalidPromptError(f"at most {MAX_PROMPT_POINTS} points and {MAX_PROMPT_BOXES} boxes per request")
+    if prompts.point_labels and len(prompts.point_labels) != len(prompts.points):
+        raise InvalidPromptError(
+            f"{len(prompts.point_labels)} point labels for {len(prompts.points)} points: give one label per point"
+        )
+    if any(label not in (0, 1) for label in prompts.point_labels):
+        raise InvalidPromptError("point labels must be 1 (foreground) or 0 (background)")
+    for point in prompts.points:
+        if len(point) != 2 or not all(isinstance(v, int | float) and math.isfinite(v) for v in point):
+            raise InvalidPromptError(f"point {point!r} must be two finite numbers (x, y)")
+        x, y = point
+        if not (0 <= x <= width and 0 <= y <= height):
+            raise InvalidPromptError(f"point ({x}, {y}) lies outside the {width}x{height} image")
+    for box in prompts.boxes:
+        if len(box) != 4 or not all(isinstance(v, int | float) and math.isfinite(v) for v in box):
+            raise InvalidPromptError(f"box {box!r} must be four finite numbers (x1, y1, x2, y2)")
+        x1, y1, x2, y2 = box
+        if not (0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height):
+            raise InvalidPromptError(
+                f"box ({x1}, {y1}, {x2}, {y2}) must satisfy 0 <= x1 < x2 <= {width} and 0 <= y1 < y2 <= {height}"
+            )
+
+
+def inference_scale(width: int, height: int, settings: ModelSettings) -> float:
+    """MEMORY_OPTIMIZATION: the factor (<= 1) that brings the longest side down to max_inference_side."""
+    longest = max(width, height)
+    if not settings.memory_optimization or longest <= settings.max_inference_side:
+        return 1.0
+    return settings.max_inference_side / longest
+
+
+def scale_prompts(prompts: Prompts, sx: float, sy: float) -> Prompts:
+    """Map prompts from original-image to inference-image coordinates."""
+    if sx == 1.0 and sy == 1.0:
+        return prompts
+    return replace(
+        prompts,
+        points=tuple((x * sx, y * sy) for x, y in prompts.points),
+        boxes=tuple((x1 * sx, y1 * sy, x2 * sx, y2 * sy) for x1, y1, x2, y2 in prompts.boxes),
+    )
+
+
+@dataclass(slots=True)
+class _Job:
+    """One image on its way through the engine (mutable working state, never leaves this module)."""
+
+    image: np.ndarray  # inference-size RGB
+    prompts: Prompts  # inference coordinates
+    params: SegmentParams  # resolved
+    width: int
+    height: int
+    timings: dict[str, float]
+    fallback_detail: str | None = None
+    fallback: FallbackReason | None = None
+    records: tuple[MaskRecord, ...] | None = None
+    answered_by: ModelName | None = None
+    error: SegmentationError | None = None
+
+
+class Segmenter:
+    """FastSAM first, SAM2 as fallback, by the rule in this module's docstring."""
+
+    def __init__(
+        self, settings: ModelSettings, *, fastsam: FastSAMModel | None = None, sam2: SAM2Model | None = None
+    ) -> None:
+        self.settings = settings
+        device = resolve_device(settings.device)
+        self.device = device
+        self.fastsam = fastsam or FastSAMModel(settings.fastsam_model_path, device)
+        self.sam2 = sam2 or SAM2Model(
+            settings.sam_model_path,
+            device,
+            settings.sam2_config,
+            SAM2Options(
+                points_per_side=settings.sam2_points_per_side,
+                points_per_batch=settings.sam2_points_per_batch,
+                pred_iou_thresh=settings.sam2_pred_iou_thresh,
+                stability_score_thresh=settings.sam2_stability_score_thresh,
+            ),
+        )
+
+    def warm_up(self) -> None:
+        """Load both models now; a missing checkpoint is logged, not fatal (the other model may still answer)."""
+        for model in (self.fastsam, self.sam2):
+            try:
+                model.load()
+            except ModelUnavailableError as exc:
+                log.error("%s", exc)
+
+    def segment(
+        self, image: np.ndarray, prompts: Prompts | None = None, params: SegmentParams | None = None
+    ) -> SegmentationResult:
+        """Segment one RGB uint8 image; raises a :class:`SegmentationError` subclass on failure."""
+        (outcome,) = self.segment_batch([(image, prompts or Prompts(), params or SegmentParams())])
+        if isinstance(outcome, SegmentationError):
+            raise outcome
+        return outcome
+
+    def segment_batch(
+        self, items: Sequence[tuple[np.ndarray, Prompts, SegmentParams]]
+    ) -> list[SegmentationResult | SegmentationError]:
+        """Segment several images together: unprompted FastSAM work with equal parameters and size runs as one batch.
+
+        Returns one entry per item, in order: the result, or the typed error for that item alone.
+        """
+        jobs: list[_Job | SegmentationError] = [self._prepare(*item) for item in items]
+        live = [job for job in jobs if isinstance(job, _Job)]
+        self._run_fastsam([j for j in live if j.params.model in (ModelChoice.AUTO, ModelChoice.FASTSAM)])
+        self._run_sam2([j for j in live if j.error is None and j.records is None])
+        return [job if isinstance(job, SegmentationError) else self._finish(job) for job in jobs]
+
+    def _prepare(self, image: np.ndarray, prompts: Prompts, params: SegmentParams) -> _Job | SegmentationError:
+        started = time.perf_counter()
+        try:
+            resolved = resolve_params(params, self.settings)
+            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+                raise InvalidParametersError(f"expected an RGB uint8 image, got {image.dtype} {image.shape}")
+            height, width = image.shape[:2]
+            validate_prompts(prompts, width, height)
+        except SegmentationError as exc:
+            return exc
+        scale = inference_scale(width, height, self.settings)
+        if scale < 1.0:
+            size = (max(1, round(width * scale)), max(1, round(height * scale)))
+            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+            prompts = scale_prompts(prompts, size[0] / width, size[1] / height)
+        timings = {"preprocess": _ms_since(started)}
+        return _Job(np.ascontiguousarray(image), prompts, resolved, width, height, timings)
+
+    def _run_fastsam(self, jobs: list[_Job]) -> None:
+        # The image shape is part of the key: ultralytics letterboxes a mixed-size batch to one common shape, which
+        # changes each image's masks, and a result must not depend on its batchmates (dedup caches it per request).
+        groups: dict[tuple[float, float, int, tuple[int, ...]], list[_Job]] = defaultdict(list)
+        for job in jobs:
+            groups[(job.params.conf, job.params.iou, job.params.imgsz, job.image.shape)].append(job)
+        for (conf, iou, imgsz, _shape), group in groups.items():
+            started = time.perf_counter()
+            try:
+                raw = self.fastsam.predict(
+                    [j.image for j in group],
+                    [j.prompts for j in group],
+                    conf=conf,
+                    iou=iou,
+                    imgsz=imgsz,
+                    retina=self.settings.retina_masks,
+                )
+            except Exception as exc:  # any FastSAM failure (OOM included) is a fallback reason
+                _release_accelerator_memory()
+                log.warning("FastSAM failed on %d image(s): %s", len(group), exc, exc_info=log.isEnabledFor(10))
+                for job in group:
+                    job.timings["fastsam"] = _ms_since(started) / len(group)
+                    self._fastsam_failed(job, exc)
+                continue
+            share = _ms_since(started) / len(group)
+            for job, masks in zip(group, raw, strict=True):
+                job.timings["fastsam"] = share
+                self._fastsam_answered(job, masks)
+
+    def _fastsam_failed(self, job: _Job, exc: Exception) -> None:
+        detail = f"{type(exc).__name__}: {exc}"
+        if job.params.model == ModelChoice.FASTSAM:
+            job.error = ModelFailedError(f"FastSAM failed: {detail}")
+        else:
+            job.fallback_detail, job.fallback = detail, FallbackReason.FASTSAM_ERROR
+
+    def _fastsam_answered(self, job: _Job, masks: list[RawMask]) -> None:
+        records = self._records(job, masks)
+        if job.params.model == ModelChoice.FASTSAM:
+            job.records, job.answered_by = records, ModelName.FASTSAM
+        elif not records:
+            job.fallback = FallbackReason.NO_MASKS
+            job.fallback_detail = f"FastSAM found no mask at conf {job.params.conf}"
+        elif max(r.predicted_iou for r in records) < job.params.fallback_min_score:
+            job.fallback = FallbackReason.LOW_SCORE
+            job.fallback_detail = (
+                f"best FastSAM predicted_iou {max(r.predicted_iou for r in records):.4f} "
+                f"< fallback_min_score {job.params.fallback_min_score}"
+            )
+        else:
+            job.records, job.answered_by = records, ModelName.FASTSAM
+
+    def _run_sam2(self, jobs: list[_Job]) -> None:
+        if not jobs:
+            return
+        started = time.perf_counter()
+        try:
+            raw = self.sam2.predict([j.image for j in jobs], [j.prompts for j in jobs])
+        except Exception as exc:  # noqa: BLE001 - reported per request, never crashes the caller
+            _release_accelerator_memory()
+            log.warning("SAM2 failed on %d image(s): %s", len(jobs), exc)
+            for job in jobs:
+                job.timings["sam2"] = _ms_since(started) / len(jobs)
+                before = f"; FastSAM: {job.fallback_detail}" if job.fallback == FallbackReason.FASTSAM_ERROR else ""
+                job.error = ModelFailedError(f"SAM2 failed: {type(exc).__name__}: {exc}{before}")
+            return
+        share = _ms_since(started) / len(jobs)
+        for job, masks in zip(jobs, raw, strict=True):
+            job.timings["sam2"] = share
+            job.records, job.answered_by = self._records(job, masks), ModelName.SAM2
+
+    def _records(self, job: _Job, masks: list[RawMask]) -> tuple[MaskRecord, ...]:
+        """Map masks back to the original size, clean, encode; best predicted_iou first."""
+        started = time.perf_counter()
+        records = []
+        upscale = _mask_resizer(job.width, job.height, job.image.shape[1], job.image.shape[0])
+        for raw in masks:
+            record = build_mask_record(
+                upscale(raw.mask),
+                predicted_iou=raw.predicted_iou,
+                stability_score=raw.stability_score,
+                max_contours=job.params.max_contours,
+                post_process=job.params.mask_post_processing,
+                min_region_area=self.settings.min_region_area,
+            )
+            if record is not None:
+                records.append(record)
+        records.sort(key=lambda r: (-r.predicted_iou, -r.area))
+        job.timings["postprocess"] = job.timings.get("postprocess", 0.0) + _ms_since(started)
+        return tuple(records)
+
+    def _finish(self, job: _Job) -> SegmentationResult | SegmentationError:
+        if job.error is not None:
+            return job.error
+        assert job.records is not None and job.answered_by is not None
+        return SegmentationResult(
+            masks=job.records,
+            model=job.answered_by,
+            fallback_reason=job.fallback if job.answered_by == ModelName.SAM2 else None,
+            fallback_detail=job.fallback_detail if job.answered_by == ModelName.SAM2 else None,
+            width=job.width,
+            height=job.height,
+            inference_width=int(job.image.shape[1]),
+            inference_height=int(job.image.shape[0]),
+            timings_ms=job.timings,
+        )
+
+
+def _mask_resizer(width: int, height: int, inf_width: int, inf_height: int) -> Callable[[np.ndarray], np.ndarray]:
+    """Masks come back at inference size; bring them to the original size (bilinear, threshold at one half)."""
+    if (width, height) == (inf_width, inf_height):
+        return lambda mask: mask
+
+    def upscale(mask: np.ndarray) -> np.ndarray:
+        return cv2.resize(mask.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR) > 0.5
+
+    return upscale
+
+
+def _ms_since(started: float) -> float:
+    return (time.perf_counter() - started) * 1000.0
+
+
+def _release_accelerator_memory() -> None:
+    """After a failure (out of memory above all), give cached GPU memory back before the fallback runs."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # noqa: BLE001 - best effort only
+        pass

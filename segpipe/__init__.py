@@ -1,0 +1,1 @@
+"""segpipe: a Kafka pipeline that segments images."""

@@ -1,0 +1,76 @@
+"""The one place that talks to confluent-kafka: client construction, topic setup, header helpers."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from segpipe.config import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+Headers = list[tuple[str, bytes | None]]
+
+
+def make_producer(settings: KafkaSettings, **overrides: Any) -> Producer:
+    """An idempotent producer (acks=all) sized for images."""
+    return Producer({**settings.producer_config(), "error_cb": _log_client_error, **overrides})
+
+
+def make_consumer(settings: KafkaSettings, group_id: str | None = None, **overrides: Any) -> Consumer:
+    """A group member that stores offsets only when told (enable.auto.offset.store=False)."""
+    return Consumer({**settings.consumer_config(group_id), "error_cb": _log_client_error, **overrides})
+
+
+def make_admin(settings: KafkaSettings) -> AdminClient:
+    return AdminClient(settings.client_config())
+
+
+def ensure_topics(
+    settings: KafkaSettings, topics: dict[str, int], *, replication_factor: int = 1, timeout: float = 30.0
+) -> None:
+    """Create missing topics (name -> partitions) and wait until the broker's metadata shows them."""
+    admin = make_admin(settings)
+    existing = admin.list_topics(timeout=10).topics
+    missing = [
+        NewTopic(name, num_partitions=partitions, replication_factor=replication_factor)
+        for name, partitions in topics.items()
+        if name not in existing
+    ]
+    if missing:
+        for name, future in admin.create_topics(missing, request_timeout=timeout).items():
+            try:
+                future.result()
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise
+            log.info("created topic %s", name)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        metadata = admin.list_topics(timeout=5).topics
+        if all(name in metadata and len(metadata[name].partitions) >= n for name, n in topics.items()):
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"topics {sorted(topics)} not visible after {timeout}s")
+
+
+def header_value(headers: Iterable[tuple[str, bytes | None]] | None, key: str) -> bytes | None:
+    """Last value of a header (Kafka headers may repeat; the last one wins)."""
+    found = None
+    for name, value in headers or ():
+        if name == key:
+            found = value
+    return found
+
+
+def _log_client_error(error: KafkaError) -> None:
+    """librdkafka reports transport trouble here; it reconnects by itself, so log rather than raise."""
+    if error.fatal():
+        log.critical("fatal Kafka client error: %s", error)
+    else:
+        log.warning("Kafka client error: %s", error)

@@ -1,0 +1,654 @@
+"""The segmentation engine with the REAL (random-weight) FastSAM and SAM2: fallback rule, prompts, encoding, scaling.
+
+The models are the real architectures loaded from real checkpoint files; nothing here mocks them. Two kinds of
+stand-ins appear, each named for what it is: ``Tripwire`` (a model that must never be touched: it proves a code
+path did not run a model) and ``ThresholdingFastSAMDouble`` (a geometric double used only by the unit test of the
+MEMORY_OPTIMIZATION coordinate mapping, where a real model's random masks would make geometry unknowable).
+
+SAM2 costs 5-10 s per image on CPU, so its runs are counted: 6 in this file (everything mode once, prompted 5x).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from pipeline.errors import (
+    InvalidParametersError,
+    InvalidPromptError,
+    ModelFailedError,
+    SegmentationError,
+)
+from pipeline.masks import decode_rle, mask_bbox, rasterize_polygons
+from pipeline.models import FastSAMModel, RawMask, SAM2Model, SAM2Options, configure_offline
+from pipeline.segmenter import Segmenter, inference_scale, resolve_params, scale_prompts
+from pipeline.settings import ModelSettings
+from pipeline.types import (
+    FallbackReason,
+    MaskRecord,
+    ModelChoice,
+    ModelName,
+    Prompts,
+    SegmentationResult,
+    SegmentParams,
+)
+
+# The shared test images are read-only (see conftest); SAM2's transform warns that torch cannot mark such an
+# array read-only too. It only reads the image, so the warning is noise here.
+pytestmark = pytest.mark.filterwarnings("ignore:The given NumPy array is not writable:UserWarning")
+
+LOW_CONF = 0.005  # random FastSAM finds ~60 masks at this confidence (its best score is ~0.0123)
+HIGH_CONF = 0.4  # ... and none at this one
+BOX = Prompts(boxes=((40.0, 40.0, 200.0, 180.0),))
+FASTSAM_LOW = SegmentParams(model=ModelChoice.FASTSAM, conf=LOW_CONF, mask_post_processing=False)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# helpers and stand-ins
+
+
+class Tripwire:
+    """Stands in for a model that must NOT be used: any load/predict is counted and raises."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.calls = 0
+
+    def load(self) -> None:
+        self.calls += 1
+        raise AssertionError(f"{self.name} must not be loaded here")
+
+    def predict(self, *args: Any, **kwargs: Any) -> list[list[RawMask]]:
+        self.calls += 1
+        raise AssertionError(f"{self.name} must not run here")
+
+
+class RecordingSAM2:
+    """Wraps the real SAM2Model and keeps what it returned, so a Segmenter's records can be checked bit for bit
+    against the model's own masks from the very same run (SAM2 is too slow to run twice)."""
+
+    def __init__(self, inner: SAM2Model) -> None:
+        self.inner = inner
+        self.outputs: list[list[list[RawMask]]] = []
+
+    def load(self) -> None:
+        self.inner.load()
+
+    def predict(self, images: list[np.ndarray], prompts: list[Prompts]) -> list[list[RawMask]]:
+        out = self.inner.predict(images, prompts)
+        self.outputs.append(out)
+        return out
+
+
+def engine(settings: ModelSettings, *, fastsam: Any, sam2: Any) -> Segmenter:
+    """A Segmenter over given model objects (real shared ones, tripwires or doubles)."""
+    return Segmenter(settings, fastsam=fastsam, sam2=sam2)
+
+
+def assert_record_consistent(record: MaskRecord, width: int, height: int) -> None:
+    """Every field of a record describes the same pixels, inside the image."""
+    mask = decode_rle(record.rle)
+    assert record.rle.size == (height, width)
+    assert mask.shape == (height, width)
+    assert int(mask.sum()) == record.area > 0
+    x, y, w, h = record.bbox
+    assert min(x, y, w, h) >= 0
+    assert x + w <= width - 1 and y + h <= height - 1
+    assert record.bbox == mask_bbox(mask)
+    assert 0.0 <= record.stability_score <= 1.0
+    assert math.isfinite(record.predicted_iou)
+    assert record.polygons
+    for polygon in record.polygons:
+        assert len(polygon) >= 6 and len(polygon) % 2 == 0
+        xs, ys = np.asarray(polygon[0::2]), np.asarray(polygon[1::2])
+        assert xs.min() >= -0.5 and xs.max() <= width - 0.5
+        assert ys.min() >= -0.5 and ys.max() <= height - 0.5
+
+
+def assert_result_consistent(result: SegmentationResult) -> None:
+    for record in result.masks:
+        assert_record_consistent(record, result.width, result.height)
+    keys = [(-r.predicted_iou, -r.area) for r in result.masks]
+    assert keys == sorted(keys), "records must come best predicted_iou first, then largest"
+
+
+def raw_key(raw: RawMask) -> tuple[bytes, tuple[int, ...], float, float]:
+    return (
+        np.ascontiguousarray(raw.mask, dtype=bool).tobytes(),
+        raw.mask.shape,
+        raw.predicted_iou,
+        raw.stability_score,
+    )
+
+
+def record_key(record: MaskRecord) -> tuple[bytes, tuple[int, ...], float, float]:
+    mask = decode_rle(record.rle)
+    return (mask.tobytes(), mask.shape, record.predicted_iou, record.stability_score)
+
+
+def garbage_file(path: Path, seed: int = 7) -> Path:
+    """Write seeded random bytes: a checkpoint that exists but cannot be unpickled (a real load failure)."""
+    path.write_bytes(np.random.default_rng(seed).integers(0, 256, 8192, dtype=np.uint8).tobytes())
+    return path
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# module fixtures
+
+
+@pytest.fixture(scope="module")
+def corrupt_fastsam(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return garbage_file(tmp_path_factory.mktemp("corrupt") / "FastSAM-corrupt.pt")
+
+
+@pytest.fixture(scope="module")
+def corrupt_sam2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # The official-style name lets the config be inferred, so the failure is the file's content, not its name.
+    return garbage_file(tmp_path_factory.mktemp("corrupt") / "sam2.1_hiera_tiny-corrupt.pt", seed=8)
+
+
+@pytest.fixture(scope="module")
+def fastsam_raw_noise(segmenter: Segmenter, noise_image: np.ndarray) -> list[RawMask]:
+    """FastSAM's own unprompted masks on the noise image, straight from FastSAMModel.predict."""
+    (masks,) = segmenter.fastsam.predict([noise_image], [Prompts()], conf=LOW_CONF, iou=0.8, imgsz=640, retina=True)
+    assert len(masks) >= 10, "precondition: random FastSAM finds masks at conf 0.005"
+    return masks
+
+
+@pytest.fixture(scope="module")
+def sam2_point_run(
+    segmenter: Segmenter, model_settings: ModelSettings, noise_image: np.ndarray
+) -> tuple[SegmentationResult, list[RawMask]]:
+    """ONE SAM2 run (model=sam2, one point, no cleanup) shared by three tests; returns (result, SAM2's raw masks)."""
+    recorder = RecordingSAM2(segmenter.sam2)
+    fastsam = Tripwire("FastSAM")
+    result = engine(model_settings, fastsam=fastsam, sam2=recorder).segment(
+        noise_image,
+        Prompts(points=((100.0, 80.0),), point_labels=(1,)),
+        SegmentParams(model=ModelChoice.SAM2, mask_post_processing=False),
+    )
+    assert fastsam.calls == 0, "model=sam2 must not touch FastSAM"
+    ((raw,),) = recorder.outputs
+    return result, raw
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# the fallback rule, branch by branch
+
+
+def test_auto_falls_back_with_no_masks_when_fastsam_finds_nothing(
+    segmenter: Segmenter, noise_image: np.ndarray
+) -> None:
+    """auto + conf 0.4: random FastSAM finds nothing, so SAM2 answers (everything mode) with reason no_masks."""
+    result = segmenter.segment(noise_image, params=SegmentParams(conf=HIGH_CONF))
+    assert result.model == ModelName.SAM2
+    assert result.fallback_reason == FallbackReason.NO_MASKS
+    assert result.fallback_detail is not None and f"conf {HIGH_CONF}" in result.fallback_detail
+    assert len(result.masks) >= 1
+    assert {"fastsam", "sam2"} <= set(result.timings_ms)
+    assert_result_consistent(result)
+
+
+def test_auto_keeps_fastsam_answer_when_it_finds_masks(
+    model_settings: ModelSettings, segmenter: Segmenter, noise_image: np.ndarray
+) -> None:
+    """auto + conf 0.005: FastSAM's masks stand; SAM2 is never touched and no fallback is reported."""
+    sam2 = Tripwire("SAM2")
+    result = engine(model_settings, fastsam=segmenter.fastsam, sam2=sam2).segment(
+        noise_image, params=SegmentParams(conf=LOW_CONF)
+    )
+    assert result.model == ModelName.FASTSAM
+    assert result.fallback_reason is None and result.fallback_detail is None
+    assert len(result.masks) >= 1
+    assert sam2.calls == 0
+    assert_result_consistent(result)
+
+
+def test_auto_falls_back_with_low_score(segmenter: Segmenter, noise_image: np.ndarray) -> None:
+    """auto + conf 0.005 + fallback_min_score 0.5: FastSAM's best (~0.0123) is too low, so SAM2 answers."""
+    result = segmenter.segment(noise_image, BOX, SegmentParams(conf=LOW_CONF, fallback_min_score=0.5))
+    assert result.model == ModelName.SAM2
+    assert result.fallback_reason == FallbackReason.LOW_SCORE
+    assert result.fallback_detail is not None and "fallback_min_score 0.5" in result.fallback_detail
+    assert len(result.masks) == 1  # one box prompt: one SAM2 mask
+    assert_result_consistent(result)
+
+
+@pytest.mark.parametrize("broken", ["corrupt", "missing"])
+def test_auto_falls_back_when_fastsam_cannot_load(
+    broken: str,
+    model_settings: ModelSettings,
+    segmenter: Segmenter,
+    noise_image: np.ndarray,
+    corrupt_fastsam: Path,
+    tmp_path: Path,
+) -> None:
+    """A FastSAM checkpoint that is garbage or absent is a real load failure: SAM2 answers with fastsam_error."""
+    path = corrupt_fastsam if broken == "corrupt" else tmp_path / "no-such-FastSAM.pt"
+    settings = model_settings.model_copy(update={"fastsam_model_path": path})
+    result = engine(settings, fastsam=FastSAMModel(path, "cpu"), sam2=segmenter.sam2).segment(noise_image, BOX)
+    assert result.model == ModelName.SAM2
+    assert result.fallback_reason == FallbackReason.FASTSAM_ERROR
+    assert result.fallback_detail is not None
+    assert "ModelUnavailableError" in result.fallback_detail and path.name in result.fallback_detail
+    assert len(result.masks) == 1
+    assert_result_consistent(result)
+
+
+def test_fastsam_only_fails_when_fastsam_cannot_load(
+    model_settings: ModelSettings, noise_image: np.ndarray, corrupt_fastsam: Path
+) -> None:
+    """model=fastsam allows no fallback: a broken FastSAM is model_failed, and SAM2 is never touched."""
+    sam2 = Tripwire("SAM2")
+    segmenter = engine(model_settings, fastsam=FastSAMModel(corrupt_fastsam, "cpu"), sam2=sam2)
+    with pytest.raises(ModelFailedError) as caught:
+        segmenter.segment(noise_image, params=SegmentParams(model=ModelChoice.FASTSAM, conf=LOW_CONF))
+    assert caught.value.code == "model_failed"
+    assert "FastSAM" in caught.value.message and corrupt_fastsam.name in caught.value.message
+    assert sam2.calls == 0
+
+
+def test_both_models_broken_fails_naming_both(
+    model_settings: ModelSettings, noise_image: np.ndarray, corrupt_fastsam: Path, corrupt_sam2: Path
+) -> None:
+    """auto with both checkpoints corrupt: model_failed, and the message names both failures."""
+    segmenter = engine(
+        model_settings,
+        fastsam=FastSAMModel(corrupt_fastsam, "cpu"),
+        sam2=SAM2Model(corrupt_sam2, "cpu", None, SAM2Options()),
+    )
+    with pytest.raises(ModelFailedError) as caught:
+        segmenter.segment(noise_image, BOX)
+    message = caught.value.message
+    assert "SAM2" in message and corrupt_sam2.name in message
+    assert "FastSAM" in message and corrupt_fastsam.name in message
+
+
+def test_sam2_only_reports_no_fallback(sam2_point_run: tuple[SegmentationResult, list[RawMask]]) -> None:
+    """model=sam2: SAM2 answers, nothing fell back, and FastSAM never ran (see the fixture's tripwire)."""
+    result, _ = sam2_point_run
+    assert result.model == ModelName.SAM2
+    assert result.fallback_reason is None and result.fallback_detail is None
+    assert "fastsam" not in result.timings_ms
+
+
+def test_fastsam_only_with_nothing_found_returns_empty(
+    model_settings: ModelSettings, segmenter: Segmenter, noise_image: np.ndarray
+) -> None:
+    """model=fastsam + conf 0.4: an empty FastSAM answer stands; there is no fallback."""
+    sam2 = Tripwire("SAM2")
+    result = engine(model_settings, fastsam=segmenter.fastsam, sam2=sam2).segment(
+        noise_image, params=SegmentParams(model=ModelChoice.FASTSAM, conf=HIGH_CONF)
+    )
+    assert result.model == ModelName.FASTSAM
+    assert result.masks == ()
+    assert result.fallback_reason is None
+    assert sam2.calls == 0
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# prompts on both models
+
+
+def _box_choice(masks: list[RawMask], box: tuple[float, float, float, float]) -> int:
+    """ultralytics' FastSAM box rule: the mask with the best IoU against the (integer) box."""
+    x1, y1, x2, y2 = (int(v) for v in box)
+    stack = np.stack([m.mask for m in masks]).astype(np.int64)
+    inside = stack[:, y1:y2, x1:x2].sum(axis=(1, 2))
+    union = (x2 - x1) * (y2 - y1) + stack.sum(axis=(1, 2)) - inside
+    return int(np.argmax(inside / union))
+
+
+def test_fastsam_box_prompts_select_the_best_mask_per_box(
+    segmenter: Segmenter, noise_image: np.ndarray, fastsam_raw_noise: list[RawMask]
+) -> None:
+    """Boxes reach FastSAM in image coordinates: each box yields the unprompted mask that best matches it."""
+    boxes = ((10.0, 10.0, 120.0, 100.0), (150.0, 100.0, 310.0, 230.0))
+    result = segmenter.segment(noise_image, Prompts(boxes=boxes), FASTSAM_LOW)
+    expected = {_box_choice(fastsam_raw_noise, box) for box in boxes}
+    assert result.model == ModelName.FASTSAM
+    assert Counter(record_key(r) for r in result.masks) == Counter(raw_key(fastsam_raw_noise[i]) for i in expected)
+    assert_result_consistent(result)
+
+
+def test_fastsam_point_prompts_honour_labels(
+    segmenter: Segmenter, noise_image: np.ndarray, fastsam_raw_noise: list[RawMask]
+) -> None:
+    """A foreground point keeps the masks under it, a background point (label 0) removes those under it."""
+    stack = np.stack([m.mask for m in fastsam_raw_noise])
+    fy, fx = (int(v) for v in np.argwhere(stack[0])[0])
+    holding_fg = stack[:, fy, fx]
+    # background point: a pixel of some mask that does NOT hold the foreground point
+    other = next(i for i in range(len(stack)) if not holding_fg[i] and stack[i].any())
+    by, bx = (int(v) for v in np.argwhere(stack[other])[0])
+    expected = [i for i in range(len(stack)) if holding_fg[i] and not stack[i, by, bx]]
+    assert expected, "precondition: the foreground point is in a mask the background point is not"
+    labelled = Prompts(points=((float(fx), float(fy)), (float(bx), float(by))), point_labels=(1, 0))
+    result = segmenter.segment(noise_image, labelled, FASTSAM_LOW)
+    assert Counter(record_key(r) for r in result.masks) == Counter(raw_key(fastsam_raw_noise[i]) for i in expected)
+    assert_result_consistent(result)
+    # without the label the second point is foreground too, and its mask comes back: labels really arrive
+    unlabelled = Prompts(points=labelled.points)
+    everything = segmenter.segment(noise_image, unlabelled, FASTSAM_LOW)
+    assert raw_key(fastsam_raw_noise[other]) in {record_key(r) for r in everything.masks}
+    assert raw_key(fastsam_raw_noise[other]) not in {record_key(r) for r in result.masks}
+
+
+def test_sam2_point_prompt_gives_one_consistent_mask(sam2_point_run: tuple[SegmentationResult, list[RawMask]]) -> None:
+    """A point prompt is one object: SAM2 returns its best of three guesses, as one well-formed record."""
+    result, _ = sam2_point_run
+    assert len(result.masks) == 1
+    assert_result_consistent(result)
+
+
+def test_sam2_two_boxes_give_one_mask_each(segmenter: Segmenter, noise_image: np.ndarray) -> None:
+    """Each box prompt is its own object: two boxes, two SAM2 masks."""
+    prompts = Prompts(boxes=((10.0, 10.0, 120.0, 100.0), (150.0, 100.0, 310.0, 230.0)))
+    result = segmenter.segment(noise_image, prompts, SegmentParams(model=ModelChoice.SAM2))
+    assert result.model == ModelName.SAM2
+    assert len(result.masks) == 2
+    assert_result_consistent(result)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# RLE fidelity: the wire record is the model's mask, bit for bit
+
+
+def test_fastsam_records_are_the_models_masks_bit_for_bit(
+    segmenter: Segmenter, noise_image: np.ndarray, fastsam_raw_noise: list[RawMask]
+) -> None:
+    """Without cleanup, decoding each RLE gives back exactly FastSAMModel.predict's mask, score and stability."""
+    result = segmenter.segment(noise_image, params=FASTSAM_LOW)
+    nonempty = [m for m in fastsam_raw_noise if m.mask.any()]
+    assert len(result.masks) == len(nonempty)
+    assert Counter(record_key(r) for r in result.masks) == Counter(raw_key(m) for m in nonempty)
+
+
+def test_sam2_record_is_the_models_mask_bit_for_bit(sam2_point_run: tuple[SegmentationResult, list[RawMask]]) -> None:
+    """Same for SAM2 (prompted): the record decodes to the very mask SAM2 returned in that run."""
+    result, raw = sam2_point_run
+    assert [record_key(r) for r in result.masks] == [raw_key(m) for m in raw if m.mask.any()]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# MEMORY_OPTIMIZATION: coordinates out and back
+
+
+class ThresholdingFastSAMDouble:
+    """GEOMETRIC TEST DOUBLE for FastSAMModel (same load/predict signature): its 'mask' is the bright pixels of the
+    image it is handed, so the geometry of the answer is known. It records the images' shapes and the prompts."""
+
+    def __init__(self) -> None:
+        self.shapes: list[tuple[int, ...]] = []
+        self.prompts: list[Prompts] = []
+
+    def load(self) -> None:
+        pass
+
+    def predict(
+        self, images: list[np.ndarray], prompts: list[Prompts], *, conf: float, iou: float, imgsz: int, retina: bool
+    ) -> list[list[RawMask]]:
+        self.shapes.extend(image.shape for image in images)
+        self.prompts.extend(prompts)
+        return [[RawMask(mask=image.max(axis=2) > 127, predicted_iou=0.9, stability_score=0.95)] for image in images]
+
+
+def test_inference_scale_and_prompt_scaling() -> None:
+    """The scale factor brings the longest side to max_inference_side, never upscales, and obeys the switch."""
+    settings = ModelSettings(memory_optimization=True, max_inference_side=512)
+    assert inference_scale(2000, 1500, settings) == pytest.approx(0.256)
+    assert inference_scale(1500, 2000, settings) == pytest.approx(0.256)
+    assert inference_scale(512, 300, settings) == 1.0
+    assert inference_scale(2000, 1500, settings.model_copy(update={"memory_optimization": False})) == 1.0
+    prompts = Prompts(points=((10.0, 20.0),), point_labels=(1,), boxes=((1.0, 2.0, 3.0, 4.0),))
+    assert scale_prompts(prompts, 1.0, 1.0) is prompts
+    scaled = scale_prompts(prompts, 0.5, 0.25)
+    assert scaled.points == ((5.0, 5.0),) and scaled.boxes == ((0.5, 0.5, 1.5, 1.0),)
+    assert scaled.point_labels == (1,)
+
+
+def test_memory_optimization_maps_masks_and_prompts_back(model_settings: ModelSettings) -> None:
+    """UNIT test of the engine's coordinate mapping (geometric double, not a model): a 2000x1500 image is seen at
+    512x384, prompts are scaled down by the same factor, and the mask comes back at full size on the drawn rect."""
+    width, height, side = 2000, 1500, 512
+    x0, y0, x1, y1 = 400, 300, 1199, 899  # inclusive pixel corners of the drawn rectangle
+    image = np.zeros((height, width, 3), dtype=np.uint8)
+    cv2.rectangle(image, (x0, y0), (x1, y1), (255, 255, 255), thickness=-1)
+    truth = image[:, :, 0] > 0
+    settings = model_settings.model_copy(update={"memory_optimization": True, "max_inference_side": side})
+    double = ThresholdingFastSAMDouble()
+    segmenter = engine(settings, fastsam=double, sam2=Tripwire("SAM2"))
+    prompts = Prompts(points=((800.0, 600.0),), point_labels=(1,), boxes=((400.0, 300.0, 1200.0, 900.0),))
+    result = segmenter.segment(image, prompts, SegmentParams(model=ModelChoice.FASTSAM))
+
+    scale = side / width
+    assert double.shapes == [(384, 512, 3)]
+    assert (result.width, result.height, result.inference_width, result.inference_height) == (2000, 1500, 512, 384)
+    (seen,) = double.prompts
+    assert seen.boxes[0] == pytest.approx((400 * scale, 300 * scale, 1200 * scale, 900 * scale))
+    assert seen.points[0] == pytest.approx((800 * scale, 600 * scale))
+    assert seen.point_labels == (1,)
+
+    (record,) = result.masks
+    assert record.rle.size == (height, width)
+    bx, by, bw, bh = record.bbox
+    tolerance = 1 / scale + 1
+    for got, want in zip((bx, by, bx + bw, by + bh), (x0, y0, x1, y1), strict=True):
+        assert abs(got - want) <= tolerance
+    drawn = rasterize_polygons(record.polygons, height, width)
+    iou = np.logical_and(drawn, truth).sum() / np.logical_or(drawn, truth).sum()
+    assert iou >= 0.97
+    assert_record_consistent(record, width, height)
+
+
+def test_memory_optimization_with_real_fastsam(model_settings: ModelSettings, segmenter: Segmenter) -> None:
+    """Real model: a 1200x900 image with max_inference_side=640 runs at 640x480 and answers at 1200x900."""
+    image = np.random.default_rng(5).integers(0, 256, (900, 1200, 3), dtype=np.uint8)
+    settings = model_settings.model_copy(update={"memory_optimization": True, "max_inference_side": 640})
+    result = engine(settings, fastsam=segmenter.fastsam, sam2=Tripwire("SAM2")).segment(
+        image, params=SegmentParams(model=ModelChoice.FASTSAM, conf=LOW_CONF)
+    )
+    assert (result.inference_width, result.inference_height) == (640, 480)
+    assert (result.width, result.height) == (1200, 900)
+    assert result.masks, "precondition: random FastSAM finds masks at conf 0.005"
+    assert all(r.rle.size == (900, 1200) for r in result.masks)
+    assert_result_consistent(result)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# hostile input is refused, typed, before any model runs
+
+NAN = float("nan")
+_IMG = (240, 320)
+
+
+@pytest.mark.parametrize(
+    ("prompts", "params", "error"),
+    [
+        (Prompts(points=((NAN, 10.0),)), SegmentParams(), InvalidPromptError),
+        (Prompts(points=((10.0, float("inf")),)), SegmentParams(), InvalidPromptError),
+        (Prompts(points=((-1.0, 10.0),)), SegmentParams(), InvalidPromptError),
+        (Prompts(points=((321.0, 10.0),)), SegmentParams(), InvalidPromptError),
+        (Prompts(points=((10.0, 241.0),)), SegmentParams(), InvalidPromptError),
+        (Prompts(boxes=((50.0, 10.0, 50.0, 40.0),)), SegmentParams(), InvalidPromptError),
+        (Prompts(boxes=((60.0, 10.0, 50.0, 40.0),)), SegmentParams(), InvalidPromptError),
+        (Prompts(boxes=((10.0, 10.0, 400.0, 40.0),)), SegmentParams(), InvalidPromptError),
+        (Prompts(boxes=((10.0, NAN, 20.0, 40.0),)), SegmentParams(), InvalidPromptError),
+        (Prompts(points=((1.0, 1.0), (2.0, 2.0)), point_labels=(1,)), SegmentParams(), InvalidPromptError),
+        (Prompts(point_labels=(1,)), SegmentParams(), InvalidPromptError),
+        (Prompts(points=((1.0, 1.0),), point_labels=(2,)), SegmentParams(), InvalidPromptError),
+        (Prompts(points=tuple((float(i), 1.0) for i in range(65))), SegmentParams(), InvalidPromptError),
+        (Prompts(boxes=tuple((0.0, 0.0, 10.0, 10.0) for _ in range(65))), SegmentParams(), InvalidPromptError),
+        (Prompts(), SegmentParams(model="foo"), InvalidParametersError),  # type: ignore[arg-type]
+        (Prompts(), SegmentParams(conf=1.5), InvalidParametersError),
+        (Prompts(), SegmentParams(conf=NAN), InvalidParametersError),
+        (Prompts(), SegmentParams(iou=-0.1), InvalidParametersError),
+        (Prompts(), SegmentParams(fallback_min_score=float("inf")), InvalidParametersError),
+        (Prompts(), SegmentParams(imgsz=16), InvalidParametersError),
+        (Prompts(), SegmentParams(max_contours=0), InvalidParametersError),
+    ],
+    ids=lambda value: None if not isinstance(value, type) else value.__name__,
+)
+def test_invalid_prompts_and_parameters_are_refused_before_any_model(
+    model_settings: ModelSettings,
+    noise_image: np.ndarray,
+    prompts: Prompts,
+    params: SegmentParams,
+    error: type[SegmentationError],
+) -> None:
+    """Each bad request gets its typed error (and code); neither model is loaded or run."""
+    fastsam, sam2 = Tripwire("FastSAM"), Tripwire("SAM2")
+    with pytest.raises(error) as caught:
+        engine(model_settings, fastsam=fastsam, sam2=sam2).segment(noise_image, prompts, params)
+    assert type(caught.value) is error
+    assert caught.value.code == error.code
+    assert fastsam.calls == 0 and sam2.calls == 0
+
+
+def test_resolve_params_rejects_unknown_model(model_settings: ModelSettings) -> None:
+    """An unknown model name is a parameter error at resolution time, not a ValueError from the enum."""
+    with pytest.raises(InvalidParametersError, match="foo"):
+        resolve_params(SegmentParams(model="foo"), model_settings)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        np.zeros(_IMG, dtype=np.uint8),  # grayscale
+        np.zeros((*_IMG, 4), dtype=np.uint8),  # RGBA
+        np.zeros((*_IMG, 3), dtype=np.float32),  # float RGB
+        np.zeros((*_IMG, 3), dtype=np.uint16),  # 16-bit RGB
+    ],
+    ids=["gray", "rgba", "float32", "uint16"],
+)
+def test_non_rgb_uint8_images_are_refused(model_settings: ModelSettings, image: np.ndarray) -> None:
+    """The engine takes RGB uint8 only; anything else is invalid_parameters before a model sees it."""
+    fastsam, sam2 = Tripwire("FastSAM"), Tripwire("SAM2")
+    with pytest.raises(InvalidParametersError):
+        engine(model_settings, fastsam=fastsam, sam2=sam2).segment(image)
+    assert fastsam.calls == 0 and sam2.calls == 0
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# batches
+
+
+def test_segment_batch_keeps_order_and_isolates_errors(
+    segmenter: Segmenter, noise_image: np.ndarray, shapes_image: np.ndarray
+) -> None:
+    """[ok, ok, invalid] comes back as [result, result, error] in order; batched results equal single ones."""
+    params = SegmentParams(conf=LOW_CONF)
+    out = segmenter.segment_batch(
+        [
+            (noise_image, Prompts(), params),
+            (shapes_image, Prompts(), params),
+            (noise_image, Prompts(points=((NAN, 1.0),)), params),
+        ]
+    )
+    assert [type(x) for x in out] == [SegmentationResult, SegmentationResult, InvalidPromptError]
+    for batched, image in zip(out[:2], (noise_image, shapes_image), strict=True):
+        assert isinstance(batched, SegmentationResult)
+        single = segmenter.segment(image, params=params)
+        assert batched.model == single.model == ModelName.FASTSAM
+        assert batched.masks and batched.masks == single.masks
+
+
+def test_batch_of_different_sizes_equals_single_results(segmenter: Segmenter, noise_image: np.ndarray) -> None:
+    """Results must not depend on batchmates (dedup caches them by request): images of different sizes batched
+    together give what each gives alone. (ultralytics letterboxes a mixed-size batch to a common square shape.)"""
+    other = np.random.default_rng(9).integers(0, 256, (300, 200, 3), dtype=np.uint8)
+    params = SegmentParams(model=ModelChoice.FASTSAM, conf=LOW_CONF)
+    out = segmenter.segment_batch([(noise_image, Prompts(), params), (other, Prompts(), params)])
+    for batched, image in zip(out, (noise_image, other), strict=True):
+        assert isinstance(batched, SegmentationResult)
+        assert batched.masks == segmenter.segment(image, params=params).masks
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# stability score: computed from FastSAM's logits, not a constant
+
+
+def _scaled_fastsam(source: Path, target: Path, exponent: int) -> Path:
+    """Save FastSAM with its mask-coefficient convs (the last, activation-free layer of each cv4 branch) scaled by
+    2**exponent: mask logits (coefficients @ prototypes) scale exactly by that factor, signs (hence masks and
+    boxes and scores) are unchanged, and SAM's stability at offset 1 becomes the original's at offset 2**-exponent,
+    which can only grow. (Scaling proto.cv3.conv instead does not scale logits: BN and SiLU follow it.)"""
+    configure_offline()
+    from pipeline._torchvision_cpu import ensure_torchvision_ops
+
+    ensure_torchvision_ops()
+    from ultralytics import FastSAM
+
+    model = FastSAM(str(source))
+    head = model.model.model[-1]
+    with torch.no_grad():
+        for branch in head.cv4:
+            branch[-1].weight.mul_(2.0**exponent)
+            branch[-1].bias.mul_(2.0**exponent)
+    model.save(str(target))
+    return target
+
+
+@pytest.fixture(scope="module")
+def sharpened_fastsam(demo_checkpoints: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
+    directory = tmp_path_factory.mktemp("sharpened")
+    source = demo_checkpoints[0]
+    return {k: _scaled_fastsam(source, directory / f"FastSAM-logits-x2e{k}.pt", k) for k in (14, 16)}
+
+
+def test_fastsam_stability_is_computed_from_logits(
+    model_settings: ModelSettings,
+    segmenter: Segmenter,
+    noise_image: np.ndarray,
+    fastsam_raw_noise: list[RawMask],
+    sharpened_fastsam: dict[int, Path],
+) -> None:
+    """Same masks, same scores, sharper logits: the stability score must rise (it is ~0 on the random weights)."""
+    original = segmenter.segment(noise_image, params=FASTSAM_LOW)
+    sharp_path = sharpened_fastsam[16]
+    settings = model_settings.model_copy(update={"fastsam_model_path": sharp_path})
+    sharp = engine(settings, fastsam=FastSAMModel(sharp_path, "cpu"), sam2=Tripwire("SAM2")).segment(
+        noise_image, params=FASTSAM_LOW
+    )
+    assert Counter((r.rle.counts, r.predicted_iou) for r in sharp.masks) == Counter(
+        (r.rle.counts, r.predicted_iou) for r in original.masks
+    )
+    assert np.mean([r.stability_score for r in original.masks]) < 0.05
+    assert np.mean([r.stability_score for r in sharp.masks]) > 0.9
+
+    # per mask, in FastSAM's own order: stability never decreases as the logits are scaled up
+    ladder = [fastsam_raw_noise] + [
+        FastSAMModel(sharpened_fastsam[k], "cpu").predict(
+            [noise_image], [Prompts()], conf=LOW_CONF, iou=0.8, imgsz=640, retina=True
+        )[0]
+        for k in (14, 16)
+    ]
+    assert len({len(rung) for rung in ladder}) == 1
+    for masks in zip(*ladder, strict=True):
+        assert all(np.array_equal(masks[0].mask, m.mask) for m in masks[1:])
+        scores = [m.stability_score for m in masks]
+        assert scores == sorted(scores), scores
+
+
+def test_fastsam_stability_follows_its_mask_through_prompt_selection(
+    noise_image: np.ndarray, sharpened_fastsam: dict[int, Path]
+) -> None:
+    """Prompt selection drops rows; each kept mask must still carry its own stability (not another row's)."""
+    model = FastSAMModel(sharpened_fastsam[14], "cpu")  # x2**14: stabilities spread over (0, 1]
+    (everything,) = model.predict([noise_image], [Prompts()], conf=LOW_CONF, iou=0.8, imgsz=640, retina=True)
+    assert len({round(m.stability_score, 6) for m in everything}) > 5, "precondition: varied stabilities"
+    points = tuple(
+        (float(x), float(y)) for y, x in (np.argwhere(m.mask)[0] for m in everything[:: len(everything) // 4])
+    )
+    (chosen,) = model.predict([noise_image], [Prompts(points=points)], conf=LOW_CONF, iou=0.8, imgsz=640, retina=True)
+    assert chosen
+    pairs = Counter((m.mask.tobytes(), m.stability_score) for m in everything)
+    for mask in chosen:
+        assert (mask.mask.tobytes(), mask.stability_score) in pairs
