@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -17,7 +18,7 @@ from consumers.dedup import DedupCache, dedup_key, model_fingerprint
 from pipeline.errors import MalformedRequestError, SegmentationError
 from pipeline.image_io import ImageLimits, decode_image, image_sha256
 from pipeline.segmenter import Segmenter, resolve_params, validate_prompts
-from pipeline.types import SegmentParams
+from pipeline.types import SegmentationResult, SegmentParams
 from schemas import (
     DeadLetter,
     ErrorInfo,
@@ -148,38 +149,50 @@ class RequestProcessor:
         return self._outcome(pending.record, message, pending.request.reply_to)
 
     # -- stage 2: the model (runs on the inference thread, a micro-batch at a time) -----------------------------
-    def segment(self, batch: list[PendingSegmentation]) -> list[Outcome]:
-        """Run one micro-batch through the engine; one outcome per pending request, in order."""
+    def segment(self, batch: list[PendingSegmentation], emit: Callable[[Outcome], None] | None = None) -> list[Outcome]:
+        """Run one micro-batch through the engine; one outcome per pending request, in order.
+
+        ``emit`` receives each outcome as soon as it is final (FastSAM answers before the batch's SAM2 fallbacks).
+        """
         started = time.perf_counter()
         for pending in batch:
             pending.timings_ms["queue"] = (started - pending.enqueued_at) * 1000.0
+        outcomes: list[Outcome | None] = [None] * len(batch)
+
+        def ready(index: int, result: SegmentationResult | SegmentationError) -> None:
+            outcomes[index] = self._settle(batch[index], result, len(batch))
+            if emit is not None:
+                emit(outcomes[index])  # type: ignore[arg-type]
+
         try:
-            results = self.segmenter.segment_batch([(p.image, p.request.prompts, p.params) for p in batch])
+            self.segmenter.segment_batch([(p.image, p.request.prompts, p.params) for p in batch], on_ready=ready)
         except Exception as exc:  # the engine reports per item; this is the last line of defence
             log.exception("segment_batch raised")
-            results = [InternalError(f"{type(exc).__name__}: {exc}")] * len(batch)
-        outcomes = []
-        for pending, result in zip(batch, results, strict=True):
-            if isinstance(result, SegmentationError):
-                if self.cache is not None:
-                    self.cache.release(pending.cache_key, self.worker_id)
-                outcomes.append(
-                    self.failure(pending.record, result, request=pending.request, digest=pending.image_sha256)
-                )
-                continue
-            message = SegmentResultMessage.ok(
-                pending.request.request_id,
-                result,
-                image_sha256=pending.image_sha256,
-                worker_id=self.worker_id,
-                source=pending.request.source,
-                timings_ms={**pending.timings_ms, "batch_size": float(len(batch))},
-            )
-            outcome = self._outcome(pending.record, message, pending.request.reply_to)
+            for index, outcome in enumerate(outcomes):
+                if outcome is None:
+                    ready(index, InternalError(f"{type(exc).__name__}: {exc}"))
+        return outcomes  # type: ignore[return-value]
+
+    def _settle(
+        self, pending: PendingSegmentation, result: SegmentationResult | SegmentationError, batch_size: int
+    ) -> Outcome:
+        """Turn the engine's answer into an outcome, and store (or release) the dedup entry."""
+        if isinstance(result, SegmentationError):
             if self.cache is not None:
-                self.cache.put(pending.cache_key, outcome.result_bytes, self.worker_id)
-            outcomes.append(outcome)
-        return outcomes
+                self.cache.release(pending.cache_key, self.worker_id)
+            return self.failure(pending.record, result, request=pending.request, digest=pending.image_sha256)
+        message = SegmentResultMessage.ok(
+            pending.request.request_id,
+            result,
+            image_sha256=pending.image_sha256,
+            worker_id=self.worker_id,
+            source=pending.request.source,
+            timings_ms={**pending.timings_ms, "batch_size": float(batch_size)},
+        )
+        outcome = self._outcome(pending.record, message, pending.request.reply_to)
+        if self.cache is not None:
+            self.cache.put(pending.cache_key, outcome.result_bytes, self.worker_id)
+        return outcome
 
     # -- results and failures ------------------------------------------------------------------------------------
     def _outcome(self, record: InboundRecord, message: SegmentResultMessage, reply_to: str | None) -> Outcome:

@@ -228,13 +228,23 @@ class Worker:
                     break
                 batch.append(item)
             self.stats.batches += 1
-            try:
-                outcomes = self.processor.segment(batch)
-            except Exception as exc:  # never let the inference thread die
-                log.exception("inference batch failed")
-                outcomes = [self.processor.failure(p.record, InternalError(str(exc))) for p in batch]
-            for outcome in outcomes:
-                self._completed.put(outcome)
+            self._run_batch(batch)
+
+    def _run_batch(self, batch: list[PendingSegmentation]) -> None:
+        """One model call; outcomes go to the publisher as each becomes final. Never raises."""
+        emitted: set[int] = set()
+
+        def emit(outcome: Outcome) -> None:
+            emitted.add(id(outcome.record))
+            self._completed.put(outcome)
+
+        try:
+            self.processor.segment(batch, emit=emit)
+        except Exception as exc:  # never let the inference thread die
+            log.exception("inference batch failed")
+            for pending in batch:
+                if id(pending.record) not in emitted:
+                    self._completed.put(self.processor.failure(pending.record, InternalError(str(exc))))
 
     # -- publishing and offsets ----------------------------------------------------------------------------------
     def _pump(self) -> None:

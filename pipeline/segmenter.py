@@ -185,17 +185,38 @@ class Segmenter:
         return outcome
 
     def segment_batch(
-        self, items: Sequence[tuple[np.ndarray, Prompts, SegmentParams]]
+        self,
+        items: Sequence[tuple[np.ndarray, Prompts, SegmentParams]],
+        on_ready: Callable[[int, SegmentationResult | SegmentationError], None] | None = None,
     ) -> list[SegmentationResult | SegmentationError]:
         """Segment several images together: unprompted FastSAM work with equal parameters and size runs as one batch.
 
-        Returns one entry per item, in order: the result, or the typed error for that item alone.
+        Returns one entry per item, in order: the result, or the typed error for that item alone. ``on_ready`` is
+        called as soon as an item is final, so FastSAM's answers need not wait for the batch's SAM2 fallbacks.
         """
         jobs: list[_Job | SegmentationError] = [self._prepare(*item) for item in items]
+        outcomes: list[SegmentationResult | SegmentationError | None] = [None] * len(jobs)
+
+        def settle(final: bool) -> None:
+            for index, job in enumerate(jobs):
+                if outcomes[index] is not None:
+                    continue
+                if isinstance(job, SegmentationError):
+                    outcomes[index] = job
+                elif job.error is not None or job.records is not None or final:
+                    outcomes[index] = self._finish(job)
+                else:
+                    continue
+                if on_ready is not None:
+                    on_ready(index, outcomes[index])  # type: ignore[arg-type]
+
         live = [job for job in jobs if isinstance(job, _Job)]
+        settle(final=False)
         self._run_fastsam([j for j in live if j.params.model in (ModelChoice.AUTO, ModelChoice.FASTSAM)])
+        settle(final=False)
         self._run_sam2([j for j in live if j.error is None and j.records is None])
-        return [job if isinstance(job, SegmentationError) else self._finish(job) for job in jobs]
+        settle(final=True)
+        return outcomes  # type: ignore[return-value]
 
     def _prepare(self, image: np.ndarray, prompts: Prompts, params: SegmentParams) -> _Job | SegmentationError:
         started = time.perf_counter()

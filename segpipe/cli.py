@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  {name:<18} {help_text}")
         raise SystemExit(0 if argv and argv[0] in {"-h", "--help"} else 2)
     module, _ = COMMANDS[argv[0]]
-    importlib.import_module(module).main(argv[1:])
+    raise SystemExit(importlib.import_module(module).main(argv[1:]) or 0)
 
 
 if __name__ == "__main__":

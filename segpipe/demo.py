@@ -104,7 +104,7 @@ def _publish_and_print(settings: KafkaSettings, images: list[Path], *, repeat: i
     for message in follow_results(settings, request_ids=ids, timeout_s=timeout_s):
         received += 1
         hits += int(message.cached)
-        print("  " + format_summary(message), flush=True)
+        print(f"  {message.source or '-':<34} {format_summary(message)}", flush=True)
     elapsed = time.perf_counter() - started
     print(f"{received}/{len(ids)} results in {elapsed:.1f}s, {hits} from the Redis dedup cache", flush=True)
     print("NOTE: demo checkpoints have random weights, so these masks are meaningless (see README).", flush=True)

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +51,11 @@ LOW_CONF = 0.005  # random FastSAM finds ~60 masks at this confidence (its best 
 HIGH_CONF = 0.4  # ... and none at this one
 BOX = Prompts(boxes=((40.0, 40.0, 200.0, 180.0),))
 FASTSAM_LOW = SegmentParams(model=ModelChoice.FASTSAM, conf=LOW_CONF, mask_post_processing=False)
+# Random FastSAM's masks do not depend on the image: at conf 0.005 they are 3 distinct slivers on the right edge,
+# at conf 0.002 ~150 distinct anchor-shaped blocks all over it. Prompt tests use the latter, so that a prompt
+# arriving at the wrong place (x/y swapped, wrong scale) selects a visibly different mask.
+PROMPT_CONF = 0.002
+FASTSAM_PROMPTED = SegmentParams(model=ModelChoice.FASTSAM, conf=PROMPT_CONF, mask_post_processing=False)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -163,20 +171,53 @@ def fastsam_raw_noise(segmenter: Segmenter, noise_image: np.ndarray) -> list[Raw
 
 
 @pytest.fixture(scope="module")
-def sam2_point_run(
-    segmenter: Segmenter, model_settings: ModelSettings, noise_image: np.ndarray
-) -> tuple[SegmentationResult, list[RawMask]]:
-    """ONE SAM2 run (model=sam2, one point, no cleanup) shared by three tests; returns (result, SAM2's raw masks)."""
+def fastsam_raw_blocks(segmenter: Segmenter, noise_image: np.ndarray) -> list[RawMask]:
+    """FastSAM's unprompted masks at conf 0.002: many distinct blocks, for the prompt tests."""
+    (masks,) = segmenter.fastsam.predict([noise_image], [Prompts()], conf=PROMPT_CONF, iou=0.8, imgsz=640, retina=True)
+    assert len({m.mask.tobytes() for m in masks}) >= 20, "precondition: many distinct masks at conf 0.002"
+    return masks
+
+
+@contextmanager
+def predictor_calls(model: SAM2Model) -> Iterator[list[dict[str, Any]]]:
+    """Record the arguments SAM2's real image predictor receives (it still runs): with random weights SAM2's masks
+    ignore where the prompt is, so this is how a test sees that prompts arrive in the right place and form."""
+    predictor = model._predictor
+    real = predictor.predict
+    calls: list[dict[str, Any]] = []
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    predictor.predict = spy
+    try:
+        yield calls
+    finally:
+        del predictor.predict
+
+
+@dataclass(frozen=True)
+class SAM2Run:
+    result: SegmentationResult
+    raw: list[RawMask]  # what SAM2Model.predict returned in that very run
+    calls: list[dict[str, Any]]  # what SAM2's image predictor was called with
+
+
+@pytest.fixture(scope="module")
+def sam2_point_run(segmenter: Segmenter, model_settings: ModelSettings, noise_image: np.ndarray) -> SAM2Run:
+    """ONE SAM2 run (model=sam2, one point, no cleanup) shared by four tests."""
     recorder = RecordingSAM2(segmenter.sam2)
     fastsam = Tripwire("FastSAM")
-    result = engine(model_settings, fastsam=fastsam, sam2=recorder).segment(
-        noise_image,
-        Prompts(points=((100.0, 80.0),), point_labels=(1,)),
-        SegmentParams(model=ModelChoice.SAM2, mask_post_processing=False),
-    )
+    with predictor_calls(segmenter.sam2) as calls:
+        result = engine(model_settings, fastsam=fastsam, sam2=recorder).segment(
+            noise_image,
+            Prompts(points=((200.0, 80.0),), point_labels=(1,)),
+            SegmentParams(model=ModelChoice.SAM2, mask_post_processing=False),
+        )
     assert fastsam.calls == 0, "model=sam2 must not touch FastSAM"
     ((raw,),) = recorder.outputs
-    return result, raw
+    return SAM2Run(result, raw, calls)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -271,9 +312,9 @@ def test_both_models_broken_fails_naming_both(
     assert "FastSAM" in message and corrupt_fastsam.name in message
 
 
-def test_sam2_only_reports_no_fallback(sam2_point_run: tuple[SegmentationResult, list[RawMask]]) -> None:
+def test_sam2_only_reports_no_fallback(sam2_point_run: SAM2Run) -> None:
     """model=sam2: SAM2 answers, nothing fell back, and FastSAM never ran (see the fixture's tripwire)."""
-    result, _ = sam2_point_run
+    result = sam2_point_run.result
     assert result.model == ModelName.SAM2
     assert result.fallback_reason is None and result.fallback_detail is None
     assert "fastsam" not in result.timings_ms
@@ -306,55 +347,95 @@ def _box_choice(masks: list[RawMask], box: tuple[float, float, float, float]) ->
     return int(np.argmax(inside / union))
 
 
+def _tight_box(mask: np.ndarray) -> tuple[float, float, float, float]:
+    ys, xs = np.nonzero(mask)
+    return (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
+
+
 def test_fastsam_box_prompts_select_the_best_mask_per_box(
-    segmenter: Segmenter, noise_image: np.ndarray, fastsam_raw_noise: list[RawMask]
+    segmenter: Segmenter, noise_image: np.ndarray, fastsam_raw_blocks: list[RawMask]
 ) -> None:
-    """Boxes reach FastSAM in image coordinates: each box yields the unprompted mask that best matches it."""
-    boxes = ((10.0, 10.0, 120.0, 100.0), (150.0, 100.0, 310.0, 230.0))
-    result = segmenter.segment(noise_image, Prompts(boxes=boxes), FASTSAM_LOW)
-    expected = {_box_choice(fastsam_raw_noise, box) for box in boxes}
+    """Boxes reach FastSAM in image coordinates: each box yields the unprompted mask that best matches it.
+
+    The boxes are drawn tightly around two of FastSAM's own masks, chosen so that a box read with x and y swapped
+    would select a different mask: a coordinate mix-up cannot pass unnoticed."""
+    raw = fastsam_raw_blocks
+    masks = [m.mask for m in raw]
+    height, width = noise_image.shape[:2]
+    boxes: list[tuple[float, float, float, float]] = []
+    for mask in masks:
+        x1, y1, x2, y2 = box = _tight_box(mask)
+        swapped = (y1, x1, y2, x2)
+        if x2 - x1 == y2 - y1 or y2 > width or x2 > height:
+            continue
+        if any(np.array_equal(mask, masks[_box_choice(raw, b)]) for b in boxes):
+            continue
+        if np.array_equal(masks[_box_choice(raw, box)], mask) and not np.array_equal(
+            masks[_box_choice(raw, swapped)], mask
+        ):
+            boxes.append(box)
+        if len(boxes) == 2:
+            break
+    assert len(boxes) == 2, "precondition: two masks that their tight boxes select, and their swapped boxes do not"
+    result = segmenter.segment(noise_image, Prompts(boxes=tuple(boxes)), FASTSAM_PROMPTED)
+    expected = {_box_choice(raw, box) for box in boxes}
     assert result.model == ModelName.FASTSAM
-    assert Counter(record_key(r) for r in result.masks) == Counter(raw_key(fastsam_raw_noise[i]) for i in expected)
+    assert len(result.masks) == 2
+    assert Counter(record_key(r) for r in result.masks) == Counter(raw_key(raw[i]) for i in expected)
     assert_result_consistent(result)
 
 
 def test_fastsam_point_prompts_honour_labels(
-    segmenter: Segmenter, noise_image: np.ndarray, fastsam_raw_noise: list[RawMask]
+    segmenter: Segmenter, noise_image: np.ndarray, fastsam_raw_blocks: list[RawMask]
 ) -> None:
     """A foreground point keeps the masks under it, a background point (label 0) removes those under it."""
-    stack = np.stack([m.mask for m in fastsam_raw_noise])
-    fy, fx = (int(v) for v in np.argwhere(stack[0])[0])
+    raw = fastsam_raw_blocks
+    stack = np.stack([m.mask for m in raw])
+    height, width = noise_image.shape[:2]
+    # foreground: an off-diagonal pixel (x != y, and (y, x) inside the image too, so a swap would be visible)
+    fx, fy = 200, 100
     holding_fg = stack[:, fy, fx]
-    # background point: a pixel of some mask that does NOT hold the foreground point
-    other = next(i for i in range(len(stack)) if not holding_fg[i] and stack[i].any())
-    by, bx = (int(v) for v in np.argwhere(stack[other])[0])
+    assert holding_fg.any() and (holding_fg != stack[:, min(fx, height - 1), min(fy, width - 1)]).any()
+    # background: the centre of a mask that holds the foreground point, in a spot some of those masks do not cover
+    candidates = [
+        (int(y), int(x)) for y, x in np.argwhere(stack[holding_fg].any(axis=0) & ~stack[holding_fg].all(axis=0))
+    ]
+    by, bx = candidates[len(candidates) // 2]
     expected = [i for i in range(len(stack)) if holding_fg[i] and not stack[i, by, bx]]
-    assert expected, "precondition: the foreground point is in a mask the background point is not"
+    dropped = [i for i in range(len(stack)) if holding_fg[i] and stack[i, by, bx]]
+    assert expected and dropped, "precondition: the background point removes some, not all, foreground masks"
     labelled = Prompts(points=((float(fx), float(fy)), (float(bx), float(by))), point_labels=(1, 0))
-    result = segmenter.segment(noise_image, labelled, FASTSAM_LOW)
-    assert Counter(record_key(r) for r in result.masks) == Counter(raw_key(fastsam_raw_noise[i]) for i in expected)
+    result = segmenter.segment(noise_image, labelled, FASTSAM_PROMPTED)
+    assert Counter(record_key(r) for r in result.masks) == Counter(raw_key(raw[i]) for i in expected)
     assert_result_consistent(result)
-    # without the label the second point is foreground too, and its mask comes back: labels really arrive
-    unlabelled = Prompts(points=labelled.points)
-    everything = segmenter.segment(noise_image, unlabelled, FASTSAM_LOW)
-    assert raw_key(fastsam_raw_noise[other]) in {record_key(r) for r in everything.masks}
-    assert raw_key(fastsam_raw_noise[other]) not in {record_key(r) for r in result.masks}
+    # without labels both points are foreground: the dropped masks come back, so labels really arrive
+    everything = segmenter.segment(noise_image, Prompts(points=labelled.points), FASTSAM_PROMPTED)
+    assert {raw_key(raw[i]) for i in dropped} <= {record_key(r) for r in everything.masks}
 
 
-def test_sam2_point_prompt_gives_one_consistent_mask(sam2_point_run: tuple[SegmentationResult, list[RawMask]]) -> None:
+def test_sam2_point_prompt_gives_one_consistent_mask(sam2_point_run: SAM2Run) -> None:
     """A point prompt is one object: SAM2 returns its best of three guesses, as one well-formed record."""
-    result, _ = sam2_point_run
+    result = sam2_point_run.result
     assert len(result.masks) == 1
     assert_result_consistent(result)
+    (call,) = sam2_point_run.calls
+    assert call["point_coords"].tolist() == [[200.0, 80.0]]  # (x, y) in image pixels, as SAM2 expects
+    assert call["point_labels"].tolist() == [1]
+    assert call.get("box") is None
+    assert call["multimask_output"] is True
 
 
 def test_sam2_two_boxes_give_one_mask_each(segmenter: Segmenter, noise_image: np.ndarray) -> None:
-    """Each box prompt is its own object: two boxes, two SAM2 masks."""
-    prompts = Prompts(boxes=((10.0, 10.0, 120.0, 100.0), (150.0, 100.0, 310.0, 230.0)))
-    result = segmenter.segment(noise_image, prompts, SegmentParams(model=ModelChoice.SAM2))
+    """Each box prompt is its own object: two boxes reach SAM2 as one (2, 4) batch and give two masks."""
+    boxes = ((10.0, 10.0, 120.0, 100.0), (150.0, 100.0, 310.0, 230.0))
+    with predictor_calls(segmenter.sam2) as calls:
+        result = segmenter.segment(noise_image, Prompts(boxes=boxes), SegmentParams(model=ModelChoice.SAM2))
     assert result.model == ModelName.SAM2
     assert len(result.masks) == 2
     assert_result_consistent(result)
+    (call,) = calls
+    assert call["box"].tolist() == [list(b) for b in boxes]  # x1, y1, x2, y2 in image pixels
+    assert call["point_coords"] is None and call["multimask_output"] is False
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -371,9 +452,9 @@ def test_fastsam_records_are_the_models_masks_bit_for_bit(
     assert Counter(record_key(r) for r in result.masks) == Counter(raw_key(m) for m in nonempty)
 
 
-def test_sam2_record_is_the_models_mask_bit_for_bit(sam2_point_run: tuple[SegmentationResult, list[RawMask]]) -> None:
+def test_sam2_record_is_the_models_mask_bit_for_bit(sam2_point_run: SAM2Run) -> None:
     """Same for SAM2 (prompted): the record decodes to the very mask SAM2 returned in that run."""
-    result, raw = sam2_point_run
+    result, raw = sam2_point_run.result, sam2_point_run.raw
     assert [record_key(r) for r in result.masks] == [raw_key(m) for m in raw if m.mask.any()]
 
 
