@@ -24,7 +24,6 @@ from schemas import (
     ErrorInfo,
     SegmentRequest,
     SegmentResultMessage,
-    decode_request,
     decode_result,
     encode_result,
     headers_from_kafka,
@@ -34,6 +33,7 @@ from schemas import (
     peek_bare_envelope,
     peek_request_envelope,
 )
+from schemas.registry import PLAIN, WireCodec
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,7 @@ class Outcome:
     result_bytes: bytes
     reply_to: str | None
     dead_letter: DeadLetter | None = None
+    submitted_at_ms: int = 0  # when the producer sent the request (0: unknown), for end-to-end latency
 
 
 @dataclass(slots=True)
@@ -89,10 +90,13 @@ class PendingSegmentation:
 class RequestProcessor:
     """Turns records into outcomes; thread-safe (decode/dedup run on a pool, segmentation on one thread)."""
 
-    def __init__(self, segmenter: Segmenter, cache: DedupCache | None, *, worker_id: str) -> None:
+    def __init__(
+        self, segmenter: Segmenter, cache: DedupCache | None, *, worker_id: str, codec: WireCodec = PLAIN
+    ) -> None:
         self.segmenter = segmenter
         self.cache = cache
         self.worker_id = worker_id
+        self.codec = codec
         self.limits = ImageLimits.from_settings(segmenter.settings)
         self.fingerprint = model_fingerprint(segmenter.settings)
         self.dedup_wait_s = cache.settings.max_wait if cache is not None else 0.0
@@ -131,7 +135,7 @@ class RequestProcessor:
         if is_avro_request(record.headers):
             if not record.value:
                 raise MalformedRequestError("Avro request record has no value")
-            return decode_request(record.value)
+            return self.codec.decode_request(record.value, record.topic)
         request = parse_bare_request(record.value, record.headers, fallback_request_id=record.fallback_request_id)
         if request.submitted_at_ms == 0 and record.timestamp_ms:
             request = replace(request, submitted_at_ms=record.timestamp_ms)
@@ -146,7 +150,7 @@ class RequestProcessor:
         message = original.with_cache_hit(
             pending.request.request_id, self.worker_id, pending.request.source, timings_ms=pending.timings_ms
         )
-        return self._outcome(pending.record, message, pending.request.reply_to)
+        return self._outcome(pending.record, message, pending.request)
 
     # -- stage 2: the model (runs on the inference thread, a micro-batch at a time) -----------------------------
     def segment(self, batch: list[PendingSegmentation], emit: Callable[[Outcome], None] | None = None) -> list[Outcome]:
@@ -189,14 +193,16 @@ class RequestProcessor:
             source=pending.request.source,
             timings_ms={**pending.timings_ms, "batch_size": float(batch_size)},
         )
-        outcome = self._outcome(pending.record, message, pending.request.reply_to)
+        outcome = self._outcome(pending.record, message, pending.request)
         if self.cache is not None:
             self.cache.put(pending.cache_key, outcome.result_bytes, self.worker_id)
         return outcome
 
     # -- results and failures ------------------------------------------------------------------------------------
-    def _outcome(self, record: InboundRecord, message: SegmentResultMessage, reply_to: str | None) -> Outcome:
-        return Outcome(record, message, encode_result(message), reply_to)
+    def _outcome(self, record: InboundRecord, message: SegmentResultMessage, request: SegmentRequest) -> Outcome:
+        return Outcome(
+            record, message, encode_result(message), request.reply_to, submitted_at_ms=request.submitted_at_ms
+        )
 
     def failure(
         self,
@@ -240,7 +246,8 @@ class RequestProcessor:
             failed_at_ms=now_ms(),
         )
         log.info("request %s failed: %s: %s", request_id, info.code, info.message)
-        return Outcome(record, message, encode_result(message), reply_to, dead_letter)
+        submitted = request.submitted_at_ms if request is not None else (record.timestamp_ms or 0)
+        return Outcome(record, message, encode_result(message), reply_to, dead_letter, submitted_at_ms=submitted)
 
 
 def _ms_since(started: float) -> float:

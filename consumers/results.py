@@ -30,7 +30,8 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaExcepti
 from pydantic import ValidationError
 
 from pipeline.errors import SegmentationError
-from schemas import DeadLetter, SegmentResultMessage, decode_dead_letter, decode_result, result_to_dict
+from schemas import DeadLetter, SegmentResultMessage, result_to_dict
+from schemas.registry import WireCodec
 from segpipe.config import KafkaSettings
 from segpipe.kafka import make_consumer
 
@@ -64,6 +65,7 @@ def follow_results(
     request_ids: set[str] | None = None,
     topic: str | None = None,
     consumer_config: Mapping[str, Any] | None = None,
+    codec: WireCodec | None = None,
 ) -> Generator[SegmentResultMessage, None, None]:
     """Yield results from ``topic`` (default ``KAFKA_OUTPUT_TOPIC``) as they arrive, decoded.
 
@@ -73,10 +75,12 @@ def follow_results(
     joining a group). Without any of them it follows forever. Records that do not decode are logged and skipped.
     The consumer is closed when the iterator ends or is closed. ``consumer_config`` adds librdkafka settings.
     """
+    name = topic or settings.output_topic
+    wire = codec if codec is not None else WireCodec()
     yield from _follow(
         settings,
-        topic or settings.output_topic,
-        decode_result,
+        name,
+        lambda data: wire.decode_result(data, name),
         lambda msg: msg.request_id,
         group_id=group_id,
         from_beginning=from_beginning,
@@ -97,15 +101,18 @@ def follow_dead_letters(
     request_ids: set[str] | None = None,
     topic: str | None = None,
     consumer_config: Mapping[str, Any] | None = None,
+    codec: WireCodec | None = None,
 ) -> Generator[DeadLetter, None, None]:
     """Like :func:`follow_results`, for the dead-letter topic (default ``KAFKA_DEAD_LETTER_TOPIC``).
 
     A dead letter whose request id could not be read (``None``) never matches ``request_ids``.
     """
+    name = topic or settings.dead_letter_topic
+    wire = codec if codec is not None else WireCodec()
     yield from _follow(
         settings,
-        topic or settings.dead_letter_topic,
-        decode_dead_letter,
+        name,
+        lambda data: wire.decode_dead_letter(data, name),
         lambda dl: dl.request_id,
         group_id=group_id,
         from_beginning=from_beginning,

@@ -33,7 +33,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from consumers.dedup import DedupCache
 from consumers.processor import InboundRecord, InternalError, Outcome, PendingSegmentation, RequestProcessor
 from pipeline.segmenter import Segmenter
-from schemas import encode_dead_letter
+from schemas.registry import WireCodec
 from segpipe.config import AppSettings
 from segpipe.kafka import make_consumer, make_producer
 
@@ -113,12 +113,14 @@ class Worker:
         segmenter: Segmenter | None = None,
         cache: DedupCache | None = None,
         consumer_overrides: dict | None = None,
+        codec: WireCodec | None = None,
     ) -> None:
         self.settings = settings
         self.segmenter = segmenter or Segmenter(settings.models)
         if cache is None and settings.redis.enabled:
             cache = DedupCache(settings.redis)
-        self.processor = RequestProcessor(self.segmenter, cache, worker_id=settings.worker.worker_id)
+        self.codec = codec if codec is not None else WireCodec(settings.registry)
+        self.processor = RequestProcessor(self.segmenter, cache, worker_id=settings.worker.worker_id, codec=self.codec)
         self.stats = WorkerStats()
         self.tracker = OffsetTracker()
         self._consumer_overrides = consumer_overrides or {}
@@ -129,9 +131,19 @@ class Worker:
         self._paused = False
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
-        self.ready = threading.Event()
+        self.ready = threading.Event()  # set once partitions are assigned
+        self.started = threading.Event()  # set once models are loaded and the worker has subscribed
+        self.running = False
         self.last_poll = time.monotonic()
         self.on_outcome: Callable[[Outcome], None] | None = None  # tests and metrics hook
+
+    @property
+    def assigned(self) -> frozenset[TopicPartitionKey]:
+        return frozenset(self._assigned)
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
 
     @property
     def max_in_flight(self) -> int:
@@ -157,6 +169,8 @@ class Worker:
             consumer.subscribe(
                 [kafka.input_topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
             )
+            self.running = True
+            self.started.set()
             log.info("worker %s consuming %s as group %s", self.processor.worker_id, kafka.input_topic, kafka.group_id)
             while not self._stop.is_set():
                 self._pump()
@@ -179,6 +193,8 @@ class Worker:
             finally:
                 consumer.close()  # commits the stored offsets and leaves the group
             self.ready.clear()
+            self.started.clear()
+            self.running = False
             log.info("worker %s stopped: %s", self.processor.worker_id, self.stats)
         return self.stats
 
@@ -262,11 +278,20 @@ class Worker:
         assert self._producer is not None
         outcome, kafka = publication.outcome, self.settings.kafka
         key = outcome.result.request_id.encode()
-        targets = [(kafka.output_topic, outcome.result_bytes)]
+        topics = [kafka.output_topic]
         if outcome.reply_to and outcome.reply_to != kafka.output_topic:
-            targets.append((outcome.reply_to, outcome.result_bytes))
+            topics.append(outcome.reply_to)
+        # Without a registry the processor's plain encoding (also what the dedup cache stores) goes out as is.
+        targets = [
+            (
+                topic,
+                self.codec.encode_result(outcome.result, topic) if self.codec.uses_registry else outcome.result_bytes,
+            )
+            for topic in topics
+        ]
         if outcome.dead_letter is not None:
-            targets.append((kafka.dead_letter_topic, encode_dead_letter(outcome.dead_letter)))
+            topic = kafka.dead_letter_topic
+            targets.append((topic, self.codec.encode_dead_letter(outcome.dead_letter, topic)))
         publication.waiting = len(targets)
         for topic, value in targets:
             self._produce(topic, key, value, publication)
@@ -378,7 +403,21 @@ def main(argv: list[str] | None = None) -> None:
     from segpipe.logs import configure_logging
 
     configure_logging()
-    Worker(AppSettings()).run()
+    settings = AppSettings()
+    worker = Worker(settings)
+    server = None
+    if settings.worker.metrics_port:
+        from consumers.metrics import MetricsServer, WorkerMetrics
+
+        metrics = WorkerMetrics()
+        metrics.attach(worker)
+        server = MetricsServer(worker, metrics, port=settings.worker.metrics_port).start()
+        log.info("metrics and health on :%d (/metrics, /health/live, /health/ready)", server.port)
+    try:
+        worker.run()
+    finally:
+        if server is not None:
+            server.stop()
 
 
 if __name__ == "__main__":

@@ -209,7 +209,12 @@ class FastSAMModel:
 def _raw_masks(result: Any) -> list[RawMask]:
     if result.masks is None or len(result) == 0:
         return []
-    masks = result.masks.data.bool().cpu().numpy()
+    data = result.masks.data
+    if tuple(data.shape[1:]) != tuple(result.orig_shape):  # retina_masks=False: letterboxed network-input size
+        from ultralytics.utils.ops import scale_masks
+
+        data = scale_masks(data[None].float(), result.orig_shape)[0] > 0.5
+    masks = data.bool().cpu().numpy()
     scores = result.boxes.conf.float().cpu().tolist()
     stability = getattr(result, "segpipe_stability", [0.0] * len(scores))
     return [

@@ -23,7 +23,7 @@ import re
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from pipeline.errors import InvalidParametersError
 from pipeline.types import Prompts, SegmentParams
-from schemas import SegmentRequest, encode_request, now_ms, parse_model, prompts_from_lists, request_headers
+from schemas import SegmentRequest, now_ms, parse_model, prompts_from_lists, request_headers
 from schemas.headers import (
     BOXES_HEADER,
     CONF_HEADER,
@@ -52,6 +52,7 @@ from schemas.headers import (
     REQUEST_ID_HEADER,
     SOURCE_HEADER,
 )
+from schemas.registry import WireCodec
 from segpipe.config import KafkaSettings
 from segpipe.kafka import make_producer
 
@@ -121,6 +122,11 @@ class SegmentationProducer:
     ``bare=True`` publishes bare records (see :mod:`schemas.headers`) instead of Avro. A ``producer`` passed in is
     used as is (its configuration is the caller's) and is not closed by :meth:`close`.
 
+    ``keep_history=False`` is for long-running services (the HTTP gateway): every delivery report would otherwise
+    be kept for :attr:`deliveries` and :meth:`flush` for the life of the process. Without history a caller learns
+    each request's outcome from :meth:`publish`'s ``on_delivery`` callback, and :meth:`flush` reports only the
+    requests still without a report.
+
     Delivery reports arrive through librdkafka callbacks served by ``poll``/``flush`` in the calling thread; the
     bookkeeping is locked, so publishing from several threads is safe, but one flush at a time is expected.
     """
@@ -132,8 +138,13 @@ class SegmentationProducer:
         topic: str | None = None,
         bare: bool = False,
         producer: Producer | None = None,
+        codec: WireCodec | None = None,
+        keep_history: bool = True,
     ) -> None:
         self.settings = settings if settings is not None else KafkaSettings()
+        self.keep_history = keep_history
+        # Avro requests use the Schema Registry wire format when SCHEMA_REGISTRY_URL is set (see schemas.registry).
+        self.codec = codec if codec is not None else WireCodec()
         self.topic = topic or self.settings.input_topic
         self.bare = bare
         self._owns_producer = producer is None
@@ -159,8 +170,12 @@ class SegmentationProducer:
         request_id: str | None = None,
         source: str | None = None,
         reply_to: str | None = None,
+        on_delivery: Callable[[Delivery | Failure], None] | None = None,
     ) -> str:
         """Queue one request and return its id (also the record key); delivery is confirmed by :meth:`flush`.
+
+        ``on_delivery``, when given, is called with this request's :class:`Delivery` or :class:`Failure` from the
+        thread that serves the delivery report (``poll``/``flush``): it must be quick and must not raise.
 
         ``image``: ``bytes`` are sent as is (an encoded image or .npy bytes); ``str`` is base64 text (optionally a
         ``data:`` URI), sent as its UTF-8 bytes; a numpy ``uint8`` array is sent as ``.npy`` bytes; a
@@ -197,10 +212,10 @@ class SegmentationProducer:
                 reply_to=reply_to,
                 submitted_at_ms=now_ms(),
             )
-            value = encode_request(request)
+            value = self.codec.encode_request(request, self.topic)
             headers = request_headers(request)
         self._check_size(request_id, key, value, headers)
-        self._produce(request_id, key, value, headers)
+        self._produce(request_id, key, value, headers, on_delivery)
         return request_id
 
     def publish_files(
@@ -337,7 +352,14 @@ class SegmentationProducer:
                 "message.max.bytes and the topic's max.message.bytes must allow it too)"
             )
 
-    def _produce(self, request_id: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> None:
+    def _produce(
+        self,
+        request_id: str,
+        key: bytes,
+        value: bytes,
+        headers: list[tuple[str, bytes]],
+        callback: Callable[[Delivery | Failure], None] | None = None,
+    ) -> None:
         """Hand the record to librdkafka, waiting (and serving delivery reports) while its queue is full."""
         assert self._producer is not None
         with self._lock:
@@ -350,7 +372,7 @@ class SegmentationProducer:
                         value=value,
                         key=key,
                         headers=headers,
-                        on_delivery=partial(self._on_delivery, request_id),
+                        on_delivery=partial(self._on_delivery, request_id, callback),
                     )
                     break
                 except BufferError:
@@ -365,15 +387,32 @@ class SegmentationProducer:
             raise
         self._producer.poll(0)
 
-    def _on_delivery(self, request_id: str, err: KafkaError | None, msg: Message) -> None:
+    def _on_delivery(
+        self,
+        request_id: str,
+        callback: Callable[[Delivery | Failure], None] | None,
+        err: KafkaError | None,
+        msg: Message,
+    ) -> None:
+        outcome: Delivery | Failure
+        if err is None:
+            outcome = Delivery(request_id, msg.topic(), msg.partition(), msg.offset())
+        else:
+            outcome = Failure(request_id, f"{err.name()}: {err.str()}")
         with self._lock:
             self._pending[request_id] -= 1
             if self._pending[request_id] <= 0:
                 del self._pending[request_id]
-            if err is None:
-                self._deliveries.append(Delivery(request_id, msg.topic(), msg.partition(), msg.offset()))
-            else:
-                self._failures.append(Failure(request_id, f"{err.name()}: {err.str()}"))
+            if self.keep_history:
+                if isinstance(outcome, Delivery):
+                    self._deliveries.append(outcome)
+                else:
+                    self._failures.append(outcome)
+        if callback is not None:
+            try:
+                callback(outcome)
+            except Exception:  # a raising callback must not break librdkafka's poll loop
+                log.exception("on_delivery callback for request %s raised", request_id)
 
 
 def image_files(directory: Path, *, recursive: bool = False) -> list[Path]:

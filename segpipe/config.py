@@ -16,6 +16,7 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.settings import ModelSettings
+from schemas.registry import RegistrySettings
 
 
 class ConfigurationError(RuntimeError):
@@ -136,7 +137,8 @@ class WorkerSettings(BaseSettings):
     batch_size: int = Field(4, ge=1, le=256, description="micro-batch: most images per model call")
     batch_timeout_ms: int = Field(20, ge=0, le=10_000, description="micro-batch: longest wait to fill a batch")
     worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
-    port: int = Field(5000, ge=1, le=65535, description="HTTP port (gateway / metrics)")
+    port: int = Field(5000, ge=1, le=65535, description="HTTP port of the gateway (the original API's PORT)")
+    metrics_port: int = Field(9100, ge=0, le=65535, description="worker's /metrics and /health port; 0 disables")
     shutdown_timeout_s: float = Field(30.0, gt=0)
 
 
@@ -149,6 +151,7 @@ class AppSettings:
             self.redis = RedisSettings(**overrides.get("redis", {}))
             self.worker = WorkerSettings(**overrides.get("worker", {}))
             self.models = ModelSettings(**overrides.get("models", {}))
+            self.registry = RegistrySettings(**overrides.get("registry", {}))
         except ValidationError as exc:
             raise ConfigurationError(_describe(exc)) from None
         except json.JSONDecodeError as exc:
@@ -157,7 +160,9 @@ class AppSettings:
 
 def _describe(exc: ValidationError) -> str:
     """Turn pydantic's report into lines that name the environment variables to fix."""
-    prefix = {"KafkaSettings": "KAFKA_", "RedisSettings": "REDIS_"}.get(exc.title, "")
+    prefix = {"KafkaSettings": "KAFKA_", "RedisSettings": "REDIS_", "RegistrySettings": "SCHEMA_REGISTRY_"}.get(
+        exc.title, ""
+    )
     lines = []
     for error in exc.errors():
         field = "_".join(str(part) for part in error["loc"]).upper()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
@@ -32,13 +32,22 @@ def make_admin(settings: KafkaSettings) -> AdminClient:
 
 
 def ensure_topics(
-    settings: KafkaSettings, topics: dict[str, int], *, replication_factor: int = 1, timeout: float = 30.0
+    settings: KafkaSettings,
+    topics: dict[str, int],
+    *,
+    replication_factor: int = 1,
+    timeout: float = 30.0,
+    config: Mapping[str, str] | None = None,
 ) -> None:
-    """Create missing topics (name -> partitions) and wait until the broker's metadata shows them."""
+    """Create missing topics (name -> partitions) and wait until the broker's metadata shows them.
+
+    ``config`` (topic settings such as ``retention.ms``) applies to the topics created here; existing topics are
+    left as they are.
+    """
     admin = make_admin(settings)
     existing = admin.list_topics(timeout=10).topics
     missing = [
-        NewTopic(name, num_partitions=partitions, replication_factor=replication_factor)
+        NewTopic(name, num_partitions=partitions, replication_factor=replication_factor, config=dict(config or {}))
         for name, partitions in topics.items()
         if name not in existing
     ]

@@ -15,8 +15,18 @@ import pytest
 _REPO_ROOT = str(Path(__file__).resolve().parent.parent)
 if _REPO_ROOT not in sys.path:
     sys.path.insert(0, _REPO_ROOT)
+# ...and make tests/ itself importable (worker_harness) whatever pytest's import mode.
+_TESTS_DIR = str(Path(__file__).resolve().parent)
+if _TESTS_DIR not in sys.path:
+    sys.path.insert(0, _TESTS_DIR)
 
 import redis  # noqa: E402
+from worker_harness import (  # noqa: E402
+    PipelineTopics,
+    WorkerProcess,
+    launch_worker,
+    worker_environment,
+)
 
 from segpipe.services import (  # noqa: E402
     LocalKafka,
@@ -119,3 +129,43 @@ def demo_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pa
 
     directory = os.environ.get("SEGPIPE_CHECKPOINT_DIR")
     return ensure_demo_checkpoints(Path(directory) if directory else tmp_path_factory.mktemp("checkpoints"))
+
+
+# --------------------------------------------------------------------------------------------------- workers
+# Shared by every folder (end-to-end, gateway, reliability tests); the classes and the environment live in
+# tests/worker_harness.py so that module- or session-scoped variants can be built from the same pieces.
+
+
+@pytest.fixture
+def pipeline_topics(topic_factory: TopicFactory) -> PipelineTopics:
+    """Fresh input (4 partitions), output and dead-letter topics and a fresh group id for one test."""
+    return PipelineTopics(
+        input=topic_factory("requests", partitions=4),
+        output=topic_factory("results", partitions=1),
+        dead_letter=topic_factory("dead-letter", partitions=1),
+        group=f"workers-{uuid.uuid4().hex[:8]}",
+    )
+
+
+@pytest.fixture
+def worker_env(
+    kafka: LocalKafka, redis_server: LocalRedis, demo_checkpoints: tuple[Path, Path], pipeline_topics: PipelineTopics
+) -> dict[str, str]:
+    """Environment of a test worker: real broker, real Redis, real tiny checkpoints; FastSAM answers at conf 0.005."""
+    return worker_environment(kafka, redis_server, demo_checkpoints, pipeline_topics)
+
+
+@pytest.fixture
+def start_worker(worker_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """``start(**env_overrides) -> WorkerProcess``: worker subprocesses named worker-0, worker-1...; killed after."""
+    started: list[WorkerProcess] = []
+
+    def start(**overrides: str) -> WorkerProcess:
+        env = {**worker_env, "WORKER_ID": f"worker-{len(started)}", **overrides}
+        worker = launch_worker(env, tmp_path / f"{env['WORKER_ID']}.log")
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.kill()

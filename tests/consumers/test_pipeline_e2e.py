@@ -11,7 +11,6 @@ import cv2
 import numpy as np
 import pytest
 import redis
-from conftest import PipelineTopics, WorkerProcess
 from kafka_harness import (
     collect,
     collect_results,
@@ -19,6 +18,7 @@ from kafka_harness import (
     noise_png,
     produce_all,
 )
+from worker_harness import PipelineTopics, WorkerProcess
 
 from pipeline.types import Prompts
 from schemas import (

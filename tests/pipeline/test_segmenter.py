@@ -273,8 +273,7 @@ def test_auto_falls_back_when_fastsam_cannot_load(
 ) -> None:
     """A FastSAM checkpoint that is garbage or absent is a real load failure: SAM2 answers with fastsam_error."""
     path = corrupt_fastsam if broken == "corrupt" else tmp_path / "no-such-FastSAM.pt"
-    settings = model_settings.model_copy(update={"fastsam_model_path": path})
-    result = engine(settings, fastsam=FastSAMModel(path, "cpu"), sam2=segmenter.sam2).segment(noise_image, BOX)
+    result = engine(model_settings, fastsam=FastSAMModel(path, "cpu"), sam2=segmenter.sam2).segment(noise_image, BOX)
     assert result.model == ModelName.SAM2
     assert result.fallback_reason == FallbackReason.FASTSAM_ERROR
     assert result.fallback_detail is not None
@@ -396,7 +395,7 @@ def test_fastsam_point_prompts_honour_labels(
     fx, fy = 200, 100
     holding_fg = stack[:, fy, fx]
     assert holding_fg.any() and (holding_fg != stack[:, min(fx, height - 1), min(fy, width - 1)]).any()
-    # background: the centre of a mask that holds the foreground point, in a spot some of those masks do not cover
+    # background: a pixel covered by some, but not all, of the masks holding the foreground point
     candidates = [
         (int(y), int(x)) for y, x in np.argwhere(stack[holding_fg].any(axis=0) & ~stack[holding_fg].all(axis=0))
     ]
@@ -543,6 +542,29 @@ def test_memory_optimization_with_real_fastsam(model_settings: ModelSettings, se
     assert_result_consistent(result)
 
 
+@pytest.mark.parametrize("shape", [(240, 320, 3), (300, 200, 3)], ids=["landscape", "portrait-letterboxed"])
+def test_fastsam_without_retina_masks_answers_at_image_size(
+    shape: tuple[int, int, int], model_settings: ModelSettings, segmenter: Segmenter
+) -> None:
+    """RETINA_MASKS=false: ultralytics returns masks at the letterboxed network size (padding included); they must
+    come back un-padded at the image's size and cover what the full-resolution masks cover."""
+    image = np.random.default_rng(3).integers(0, 256, shape, dtype=np.uint8)
+    settings = model_settings.model_copy(update={"retina_masks": False})
+    params = SegmentParams(model=ModelChoice.FASTSAM, conf=PROMPT_CONF, mask_post_processing=False)
+    result = engine(settings, fastsam=segmenter.fastsam, sam2=Tripwire("SAM2")).segment(image, params=params)
+    height, width = shape[:2]
+    assert result.masks
+    assert {r.rle.size for r in result.masks} == {(height, width)}
+    assert_result_consistent(result)
+    (retina,) = segmenter.fastsam.predict([image], [Prompts()], conf=PROMPT_CONF, iou=0.8, imgsz=640, retina=True)
+    full = np.stack([m.mask for m in retina]).reshape(len(retina), -1).astype(np.float32)
+    large = [decode_rle(r.rle).reshape(-1).astype(np.float32) for r in result.masks if r.area >= 500]
+    assert large
+    for mask in large:
+        inter = full @ mask
+        assert (inter / (full.sum(axis=1) + mask.sum() - inter)).max() >= 0.9
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # hostile input is refused, typed, before any model runs
 
@@ -553,29 +575,56 @@ _IMG = (240, 320)
 @pytest.mark.parametrize(
     ("prompts", "params", "error"),
     [
-        (Prompts(points=((NAN, 10.0),)), SegmentParams(), InvalidPromptError),
-        (Prompts(points=((10.0, float("inf")),)), SegmentParams(), InvalidPromptError),
-        (Prompts(points=((-1.0, 10.0),)), SegmentParams(), InvalidPromptError),
-        (Prompts(points=((321.0, 10.0),)), SegmentParams(), InvalidPromptError),
-        (Prompts(points=((10.0, 241.0),)), SegmentParams(), InvalidPromptError),
-        (Prompts(boxes=((50.0, 10.0, 50.0, 40.0),)), SegmentParams(), InvalidPromptError),
-        (Prompts(boxes=((60.0, 10.0, 50.0, 40.0),)), SegmentParams(), InvalidPromptError),
-        (Prompts(boxes=((10.0, 10.0, 400.0, 40.0),)), SegmentParams(), InvalidPromptError),
-        (Prompts(boxes=((10.0, NAN, 20.0, 40.0),)), SegmentParams(), InvalidPromptError),
-        (Prompts(points=((1.0, 1.0), (2.0, 2.0)), point_labels=(1,)), SegmentParams(), InvalidPromptError),
-        (Prompts(point_labels=(1,)), SegmentParams(), InvalidPromptError),
-        (Prompts(points=((1.0, 1.0),), point_labels=(2,)), SegmentParams(), InvalidPromptError),
-        (Prompts(points=tuple((float(i), 1.0) for i in range(65))), SegmentParams(), InvalidPromptError),
-        (Prompts(boxes=tuple((0.0, 0.0, 10.0, 10.0) for _ in range(65))), SegmentParams(), InvalidPromptError),
-        (Prompts(), SegmentParams(model="foo"), InvalidParametersError),  # type: ignore[arg-type]
-        (Prompts(), SegmentParams(conf=1.5), InvalidParametersError),
-        (Prompts(), SegmentParams(conf=NAN), InvalidParametersError),
-        (Prompts(), SegmentParams(iou=-0.1), InvalidParametersError),
-        (Prompts(), SegmentParams(fallback_min_score=float("inf")), InvalidParametersError),
-        (Prompts(), SegmentParams(imgsz=16), InvalidParametersError),
-        (Prompts(), SegmentParams(max_contours=0), InvalidParametersError),
+        pytest.param(Prompts(points=((NAN, 10.0),)), SegmentParams(), InvalidPromptError, id="nan-point"),
+        pytest.param(Prompts(points=((10.0, float("inf")),)), SegmentParams(), InvalidPromptError, id="inf-point"),
+        pytest.param(Prompts(points=((-1.0, 10.0),)), SegmentParams(), InvalidPromptError, id="negative-x"),
+        pytest.param(Prompts(points=((321.0, 10.0),)), SegmentParams(), InvalidPromptError, id="x-past-width"),
+        pytest.param(Prompts(points=((10.0, 241.0),)), SegmentParams(), InvalidPromptError, id="y-past-height"),
+        pytest.param(
+            Prompts(boxes=((50.0, 10.0, 50.0, 40.0),)), SegmentParams(), InvalidPromptError, id="box-x2-equals-x1"
+        ),
+        pytest.param(
+            Prompts(boxes=((60.0, 10.0, 50.0, 40.0),)), SegmentParams(), InvalidPromptError, id="box-x2-below-x1"
+        ),
+        pytest.param(
+            Prompts(boxes=((10.0, 10.0, 400.0, 40.0),)), SegmentParams(), InvalidPromptError, id="box-past-width"
+        ),
+        pytest.param(Prompts(boxes=((10.0, NAN, 20.0, 40.0),)), SegmentParams(), InvalidPromptError, id="nan-box"),
+        pytest.param(
+            Prompts(points=((1.0, 1.0), (2.0, 2.0)), point_labels=(1,)),
+            SegmentParams(),
+            InvalidPromptError,
+            id="labels-count-mismatch",
+        ),
+        pytest.param(Prompts(point_labels=(1,)), SegmentParams(), InvalidPromptError, id="labels-without-points"),
+        pytest.param(
+            Prompts(points=((1.0, 1.0),), point_labels=(2,)), SegmentParams(), InvalidPromptError, id="label-2"
+        ),
+        pytest.param(
+            Prompts(points=tuple((float(i), 1.0) for i in range(65))),
+            SegmentParams(),
+            InvalidPromptError,
+            id="65-points",
+        ),
+        pytest.param(
+            Prompts(boxes=tuple((0.0, 0.0, 10.0, 10.0) for _ in range(65))),
+            SegmentParams(),
+            InvalidPromptError,
+            id="65-boxes",
+        ),
+        pytest.param(Prompts(), SegmentParams(model="foo"), InvalidParametersError, id="unknown-model"),  # type: ignore[arg-type]
+        pytest.param(Prompts(), SegmentParams(conf=1.5), InvalidParametersError, id="conf-1.5"),
+        pytest.param(Prompts(), SegmentParams(conf=NAN), InvalidParametersError, id="conf-nan"),
+        pytest.param(Prompts(), SegmentParams(iou=-0.1), InvalidParametersError, id="iou-negative"),
+        pytest.param(
+            Prompts(),
+            SegmentParams(fallback_min_score=float("inf")),
+            InvalidParametersError,
+            id="fallback-min-score-inf",
+        ),
+        pytest.param(Prompts(), SegmentParams(imgsz=16), InvalidParametersError, id="imgsz-16"),
+        pytest.param(Prompts(), SegmentParams(max_contours=0), InvalidParametersError, id="max-contours-0"),
     ],
-    ids=lambda value: None if not isinstance(value, type) else value.__name__,
 )
 def test_invalid_prompts_and_parameters_are_refused_before_any_model(
     model_settings: ModelSettings,
@@ -693,9 +742,7 @@ def test_fastsam_stability_is_computed_from_logits(
 ) -> None:
     """Same masks, same scores, sharper logits: the stability score must rise (it is ~0 on the random weights)."""
     original = segmenter.segment(noise_image, params=FASTSAM_LOW)
-    sharp_path = sharpened_fastsam[16]
-    settings = model_settings.model_copy(update={"fastsam_model_path": sharp_path})
-    sharp = engine(settings, fastsam=FastSAMModel(sharp_path, "cpu"), sam2=Tripwire("SAM2")).segment(
+    sharp = engine(model_settings, fastsam=FastSAMModel(sharpened_fastsam[16], "cpu"), sam2=Tripwire("SAM2")).segment(
         noise_image, params=FASTSAM_LOW
     )
     assert Counter((r.rle.counts, r.predicted_iou) for r in sharp.masks) == Counter(
@@ -723,13 +770,14 @@ def test_fastsam_stability_follows_its_mask_through_prompt_selection(
 ) -> None:
     """Prompt selection drops rows; each kept mask must still carry its own stability (not another row's)."""
     model = FastSAMModel(sharpened_fastsam[14], "cpu")  # x2**14: stabilities spread over (0, 1]
-    (everything,) = model.predict([noise_image], [Prompts()], conf=LOW_CONF, iou=0.8, imgsz=640, retina=True)
+    kwargs: dict[str, Any] = {"conf": PROMPT_CONF, "iou": 0.8, "imgsz": 640, "retina": True}
+    (everything,) = model.predict([noise_image], [Prompts()], **kwargs)
     assert len({round(m.stability_score, 6) for m in everything}) > 5, "precondition: varied stabilities"
     points = tuple(
         (float(x), float(y)) for y, x in (np.argwhere(m.mask)[0] for m in everything[:: len(everything) // 4])
     )
-    (chosen,) = model.predict([noise_image], [Prompts(points=points)], conf=LOW_CONF, iou=0.8, imgsz=640, retina=True)
-    assert chosen
+    (chosen,) = model.predict([noise_image], [Prompts(points=points)], **kwargs)
+    assert 0 < len(chosen) < len(everything)
     pairs = Counter((m.mask.tobytes(), m.stability_score) for m in everything)
     for mask in chosen:
         assert (mask.mask.tobytes(), mask.stability_score) in pairs

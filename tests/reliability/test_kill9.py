@@ -1,0 +1,125 @@
+"""kill -9 chaos: three workers, six partitions, a few hundred requests, ten SIGKILLs at random moments.
+
+A SIGKILLed worker gets no chance to finish, flush or commit, so this is the harshest test of at-least-once: every
+request must still get a result, and the duplicates that the redelivery causes must stay within what a killed worker
+could have had in flight.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import defaultdict
+from types import SimpleNamespace
+
+import pytest
+from conftest import Launcher, Report, TopicsFactory
+from reliability_harness import Publisher, TopicFollower, avro_record, committed_offsets, duplicates, noise_image
+
+from consumers.worker import Worker
+from schemas import ResultStatus, SegmentResultMessage
+from segpipe.config import WorkerSettings
+from segpipe.services import LocalKafka
+
+pytestmark = pytest.mark.slow
+
+WORKERS = 3
+PARTITIONS = 6
+KILLS = 10
+DISTINCT = 250
+REPEATS = 50
+SEED = 20261124
+
+
+def _max_in_flight(max_workers: int, batch_size: int) -> int:
+    """Worker.max_in_flight, computed by the worker's own property (not a copy of its formula)."""
+    settings = SimpleNamespace(worker=WorkerSettings(max_workers=max_workers, batch_size=batch_size))
+    return int(Worker.max_in_flight.fget(SimpleNamespace(settings=settings)))  # type: ignore[attr-defined]
+
+
+def test_ten_sigkills_lose_nothing_and_bound_duplicates(
+    kafka: LocalKafka, make_topics: TopicsFactory, launcher: Launcher, report: Report
+) -> None:
+    """300 requests published while a chaos loop SIGKILLs a random worker ten times and starts a replacement."""
+    rng = random.Random(SEED)
+    topics = make_topics(PARTITIONS)
+    results = TopicFollower(kafka.bootstrap, topics.output)
+    workers = [launcher(topics) for _ in range(WORKERS)]
+    for worker in workers:
+        worker.wait_assigned(120)
+    env = workers[0].env
+    bound_per_kill = _max_in_flight(int(env["MAX_WORKERS"]), int(env["BATCH_SIZE"]))
+
+    seeds = list(range(DISTINCT)) + [rng.randrange(DISTINCT) for _ in range(REPEATS)]
+    rng.shuffle(seeds)
+    records = [avro_record(f"req-{i:03d}", noise_image(seed, 96, 128)) for i, seed in enumerate(seeds)]
+    publisher = Publisher(kafka.bootstrap, topics.input)
+
+    def publish() -> None:  # a steady stream, so every kill lands on a worker with work in flight
+        for record in records:
+            publisher.send(record)
+            time.sleep(0.17)
+        publisher.flush()
+
+    feeder = threading.Thread(target=publish, name="publisher")
+    started = time.monotonic()
+    feeder.start()
+    kills: list[tuple[float, str]] = []
+    for _ in range(KILLS):
+        time.sleep(rng.uniform(2.0, 6.0))
+        victim = rng.choice([w for w in workers if w.alive()])
+        victim.kill()
+        kills.append((round(time.monotonic() - started, 1), victim.env["WORKER_ID"]))
+        workers.remove(victim)
+        workers.append(launcher(topics))
+    feeder.join()
+    request_ids = [f"req-{i:03d}" for i in range(len(records))]
+    results.wait_request_ids(request_ids, timeout=420)
+    finished = time.monotonic() - started
+
+    exit_codes = [worker.stop(120) for worker in workers]
+    time.sleep(3)  # late copies, if any, are counted too
+    everything = results.results()
+    results.close()
+
+    assert exit_codes == [0] * len(workers), "the surviving workers stop cleanly on SIGTERM"
+    assert {r.request_id for r in everything} == set(request_ids), "every request has at least one result"
+    failed = [r for r in everything if r.status != ResultStatus.OK]
+    assert not failed, [(r.request_id, r.error) for r in failed[:5]]
+
+    extra = duplicates(everything)
+    by_id: dict[str, list[SegmentResultMessage]] = defaultdict(list)
+    for result in everything:
+        by_id[result.request_id].append(result)
+    cached_copies = recomputed_copies = 0
+    for request_id in extra:
+        copies = by_id[request_id]
+        first = copies[0]
+        for copy in copies[1:]:
+            assert copy.masks == first.masks, f"{request_id}: a duplicate carries other masks"
+            assert (copy.model, copy.image_sha256) == (first.model, first.image_sha256)
+        cached_copies += sum(1 for c in copies if c.cached)
+        recomputed_copies += sum(1 for c in copies if not c.cached) - 1
+    total_extra = sum(extra.values())
+    assert total_extra <= KILLS * bound_per_kill, (total_extra, KILLS, bound_per_kill)
+
+    ends = publisher.ends()
+    assert committed_offsets(kafka.bootstrap, topics.group, topics.input, PARTITIONS) == {
+        p: ends.get(p, -1001) for p in range(PARTITIONS)
+    }, "after the last graceful stop every partition is committed to its end"
+
+    report(
+        requests=len(records),
+        distinct_images=DISTINCT,
+        results=len(everything),
+        lost=0,
+        duplicated_requests=len(extra),
+        extra_results=total_extra,
+        duplicate_bound=KILLS * bound_per_kill,
+        duplicates_served_from_cache=cached_copies,
+        duplicates_recomputed=recomputed_copies,
+        kills=kills,
+        seconds=round(finished, 1),
+        crashes=0,
+    )
