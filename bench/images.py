@@ -25,10 +25,15 @@ def synthetic_image(seed: int, width: int = 640, height: int = 480, shapes: int 
         colour = tuple(int(c) for c in rng.integers(0, 256, 3))
         x, y = int(rng.integers(0, width)), int(rng.integers(0, height))
         if rng.random() < 0.5:
-            w, h = int(rng.integers(width // 30 + 1, width // 3 + 2)), int(rng.integers(height // 20 + 1, height // 2 + 2))
+            w, h = (
+                int(rng.integers(width // 30 + 1, width // 3 + 2)),
+                int(rng.integers(height // 20 + 1, height // 2 + 2)),
+            )
             cv2.rectangle(image, (x, y), (x + w, y + h), colour, thickness=-1)
         else:
-            cv2.circle(image, (x, y), int(rng.integers(min(width, height) // 48 + 1, min(width, height) // 5 + 2)), colour, -1)
+            cv2.circle(
+                image, (x, y), int(rng.integers(min(width, height) // 48 + 1, min(width, height) // 5 + 2)), colour, -1
+            )
     noise = rng.integers(-8, 9, image.shape, dtype=np.int16)
     return np.clip(image.astype(np.int16) + noise, 0, 255).astype(np.uint8)
 

@@ -245,7 +245,7 @@ class RequestProcessor:
             worker_id=self.worker_id,
             failed_at_ms=now_ms(),
         )
-        log.info("request %s failed: %s: %s", request_id, info.code, info.message)
+        log.info("request %s failed: %s: %s", request_id, info.code, info.message, extra={"request_id": request_id})
         submitted = request.submitted_at_ms if request is not None else (record.timestamp_ms or 0)
         return Outcome(record, message, encode_result(message), reply_to, dead_letter, submitted_at_ms=submitted)
 

@@ -147,7 +147,8 @@ class Worker:
 
     @property
     def max_in_flight(self) -> int:
-        return self.settings.worker.max_workers + 2 * self.settings.worker.batch_size
+        """MAX_WORKERS bounds the records in flight (decoding, queued, in the model, or being published)."""
+        return self.settings.worker.max_workers
 
     def stop(self) -> None:
         """Ask the loop to finish in-flight work and leave the group (safe from any thread or signal handler)."""
@@ -331,6 +332,16 @@ class Worker:
             self.stats.cache_hits += 1
         if outcome.dead_letter is not None:
             self.stats.dead_letters += 1
+        log.info(
+            "result %s: %s model=%s fallback=%s masks=%d cached=%s",
+            result.request_id,
+            result.status,
+            result.model,
+            result.fallback_reason,
+            len(result.masks),
+            result.cached,
+            extra={"request_id": result.request_id, "partition": record.partition, "offset": record.offset},
+        )
         if self.on_outcome is not None:
             self.on_outcome(outcome)
         next_offset = self.tracker.done((record.topic, record.partition), record.offset)

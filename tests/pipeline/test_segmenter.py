@@ -773,9 +773,7 @@ def test_fastsam_stability_follows_its_mask_through_prompt_selection(
     kwargs: dict[str, Any] = {"conf": PROMPT_CONF, "iou": 0.8, "imgsz": 640, "retina": True}
     (everything,) = model.predict([noise_image], [Prompts()], **kwargs)
     assert len({round(m.stability_score, 6) for m in everything}) > 5, "precondition: varied stabilities"
-    points = tuple(
-        (float(x), float(y)) for y, x in (np.argwhere(m.mask)[0] for m in everything[:: len(everything) // 4])
-    )
+    points = ((200.0, 100.0),)  # inside some of the masks, not all
     (chosen,) = model.predict([noise_image], [Prompts(points=points)], **kwargs)
     assert 0 < len(chosen) < len(everything)
     pairs = Counter((m.mask.tobytes(), m.stability_score) for m in everything)

@@ -12,12 +12,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from reliability_harness import Report, TopicsFactory
 from worker_harness import PipelineTopics, WorkerProcess, launch_worker, worker_environment
 
 from segpipe.services import LocalKafka, LocalRedis
-
-TopicsFactory = Callable[..., PipelineTopics]
-Launcher = Callable[..., WorkerProcess]
 
 
 @pytest.fixture
@@ -55,9 +53,6 @@ def launcher(
     yield launch
     for worker in started:
         worker.kill()
-
-
-Report = Callable[..., None]
 
 
 @pytest.fixture

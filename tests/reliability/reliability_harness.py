@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from worker_harness import PipelineTopics, WorkerProcess
 
 from schemas import SegmentRequest, SegmentResultMessage, decode_dead_letter, decode_result, encode_request
 from schemas.headers import request_headers
@@ -23,6 +24,9 @@ from schemas.messages import DeadLetter
 from segpipe.services import FAST_GROUP_CONFIG
 
 Headers = list[tuple[str, bytes]]
+TopicsFactory = Callable[..., PipelineTopics]  # the make_topics fixture
+Launcher = Callable[..., WorkerProcess]  # the launcher fixture
+Report = Callable[..., None]  # the report fixture
 Record = tuple[bytes | None, bytes | None, Headers]
 
 

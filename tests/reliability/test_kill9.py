@@ -14,8 +14,17 @@ from collections import defaultdict
 from types import SimpleNamespace
 
 import pytest
-from conftest import Launcher, Report, TopicsFactory
-from reliability_harness import Publisher, TopicFollower, avro_record, committed_offsets, duplicates, noise_image
+from reliability_harness import (
+    Launcher,
+    Publisher,
+    Report,
+    TopicFollower,
+    TopicsFactory,
+    avro_record,
+    committed_offsets,
+    duplicates,
+    noise_image,
+)
 
 from consumers.worker import Worker
 from schemas import ResultStatus, SegmentResultMessage
