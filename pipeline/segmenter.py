@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -59,19 +60,10 @@ def resolve_params(params: SegmentParams, settings: ModelSettings) -> SegmentPar
         model = ModelChoice(params.model)
     except ValueError:
         raise InvalidParametersError(f"unknown model {params.model!r}: expected auto, fastsam or sam2") from None
-    resolved = SegmentParams(
-        model=model,
-        conf=settings.default_conf if params.conf is None else float(params.conf),
-        iou=settings.default_iou if params.iou is None else float(params.iou),
-        imgsz=settings.fastsam_imgsz if params.imgsz is None else int(params.imgsz),
-        max_contours=settings.max_contours if params.max_contours is None else int(params.max_contours),
-        mask_post_processing=(
-            settings.mask_post_processing if params.mask_post_processing is None else bool(params.mask_post_processing)
-        ),
-        fallback_min_score=(
-            settings.fallback_min_score if params.fallback_min_score is None else float(params.fallback_min_score)
-        ),
-    )
+    try:
+        resolved = _fill_defaults(params, model, settings)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InvalidParametersError(f"parameters must be numbers: {exc}") from None
     for name in ("conf", "iou", "fallback_min_score"):
         value = getattr(resolved, name)
         if not (math.isfinite(value) and 0.0 <= value <= 1.0):
@@ -81,6 +73,26 @@ def resolve_params(params: SegmentParams, settings: ModelSettings) -> SegmentPar
     if not 1 <= resolved.max_contours <= 1000:
         raise InvalidParametersError(f"max_contours must be in [1, 1000], got {resolved.max_contours}")
     return resolved
+
+
+def _fill_defaults(params: SegmentParams, model: ModelChoice, settings: ModelSettings) -> SegmentParams:
+    def pick(value: object, default: object, kind: type) -> object:
+        return default if value is None else kind(value)
+
+    return SegmentParams(
+        model=model,
+        conf=pick(params.conf, settings.default_conf, float),
+        iou=pick(params.iou, settings.default_iou, float),
+        imgsz=pick(params.imgsz, settings.fastsam_imgsz, int),
+        max_contours=pick(params.max_contours, settings.max_contours, int),
+        mask_post_processing=pick(params.mask_post_processing, settings.mask_post_processing, bool),
+        fallback_min_score=pick(params.fallback_min_score, settings.fallback_min_score, float),
+    )  # type: ignore[arg-type]
+
+
+def _is_finite_number(value: object) -> bool:
+    """Real numbers of any kind (numpy's included), but not bools, NaN or infinities."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def validate_prompts(prompts: Prompts, width: int, height: int) -> None:
@@ -94,13 +106,13 @@ def validate_prompts(prompts: Prompts, width: int, height: int) -> None:
     if any(label not in (0, 1) for label in prompts.point_labels):
         raise InvalidPromptError("point labels must be 1 (foreground) or 0 (background)")
     for point in prompts.points:
-        if len(point) != 2 or not all(isinstance(v, int | float) and math.isfinite(v) for v in point):
+        if len(point) != 2 or not all(_is_finite_number(v) for v in point):
             raise InvalidPromptError(f"point {point!r} must be two finite numbers (x, y)")
         x, y = point
         if not (0 <= x <= width and 0 <= y <= height):
             raise InvalidPromptError(f"point ({x}, {y}) lies outside the {width}x{height} image")
     for box in prompts.boxes:
-        if len(box) != 4 or not all(isinstance(v, int | float) and math.isfinite(v) for v in box):
+        if len(box) != 4 or not all(_is_finite_number(v) for v in box):
             raise InvalidPromptError(f"box {box!r} must be four finite numbers (x1, y1, x2, y2)")
         x1, y1, x2, y2 = box
         if not (0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height):

@@ -77,7 +77,7 @@ def test_ten_sigkills_lose_nothing_and_bound_duplicates(
     kills: list[tuple[float, str]] = []
     for _ in range(KILLS):
         time.sleep(rng.uniform(2.0, 6.0))
-        victim = rng.choice([w for w in workers if w.alive()])
+        victim = rng.choice([w for w in workers if w.process.poll() is None])
         victim.kill()
         kills.append((round(time.monotonic() - started, 1), victim.env["WORKER_ID"]))
         workers.remove(victim)

@@ -1,0 +1,141 @@
+"""The PNG chart of a benchmark summary: throughput, where the time goes, the batch curve, and memory."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+from bench.harness import STAGES  # noqa: E402
+
+_LABELS = {
+    "a": "(a) bare loop",
+    "b": "(b) pipeline, 1 worker",
+    "c": "(c) dedup hits, 1 worker",
+    "d": "(d) pipeline, 2 workers",
+}
+_STAGE_COLOURS = {
+    "decode": "#8dd3c7",
+    "dedup": "#ffffb3",
+    "queue": "#bebada",
+    "preprocess": "#fb8072",
+    "fastsam": "#80b1d3",
+    "sam2": "#fdb462",
+    "postprocess": "#b3de69",
+    "kafka": "#fccde5",
+}
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+def make_chart(report: dict[str, Any], path: Path) -> Path:
+    """Write a 2x2 chart of ``report`` (the JSON the runner saves) to ``path``."""
+    summary = report["summary"]
+    fig, axes = plt.subplots(2, 2, figsize=(14, 9.5))
+    machine = report["machine"]
+    fig.suptitle(
+        f"segpipe bench — {machine['device']}, {machine['cpu_count']} CPU, torch {machine['torch_version']} "
+        f"({machine['torch_threads']} threads), {report['config']['images']} images "
+        f"{report['config']['width']}x{report['config']['height']}, imgsz {report['config']['imgsz']}, "
+        f"median of {report['config']['repeat']}",
+        fontsize=11,
+    )
+    _throughput(axes[0][0], summary)
+    _stages(axes[0][1], summary)
+    _curve(axes[1][0], summary)
+    _memory_or_latency(axes[1][1], summary)
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _throughput(ax: Any, summary: dict[str, Any]) -> None:
+    names = [k for k in ("a", "b", "c", "d") if summary.get(k)]
+    values = [summary[k]["images_per_s"] for k in names]
+    bars = ax.bar([_LABELS[k] for k in names], values, color=["#4c72b0", "#55a868", "#c44e52", "#8172b2"][: len(names)])
+    for bar, value in zip(bars, values, strict=True):
+        ax.annotate(f"{value:.3g}", (bar.get_x() + bar.get_width() / 2, value), ha="center", va="bottom", fontsize=9)
+    ratios = summary.get("ratios", {})
+    parts = [f"{k.replace('_over_', '/')} = {v:.3f}" for k, v in ratios.items() if _finite(v) and "_over_" in k]
+    ax.set_title("images/s" + (f"   ({', '.join(parts)})" if parts else ""), fontsize=10)
+    ax.set_yscale("log")
+    ax.tick_params(axis="x", labelsize=8)
+    ax.grid(axis="y", alpha=0.3)
+
+
+def _stages(ax: Any, summary: dict[str, Any]) -> None:
+    names = [k for k in ("a", "b", "c", "d") if summary.get(k)]
+    left = [0.0] * len(names)
+    for stage in (*STAGES, "kafka"):
+        widths = [summary[k]["stages_ms"].get(stage) or 0.0 for k in names]
+        if not any(widths):
+            continue
+        ax.barh([_LABELS[k] for k in names], widths, left=left, color=_STAGE_COLOURS[stage], label=stage)
+        left = [a + b for a, b in zip(left, widths, strict=True)]
+    for i, k in enumerate(names):
+        ax.annotate(f" wall {summary[k]['ms_per_image']:.0f} ms/img", (left[i], i), va="center", fontsize=8)
+    ax.set_xlabel("mean ms per image, by stage (kafka = end-to-end minus stages)")
+    ax.set_title("where the time goes (per request; queue = waiting for earlier batches)", fontsize=10)
+    ax.legend(fontsize=8, ncol=4, loc="lower right")
+    ax.invert_yaxis()
+    ax.grid(axis="x", alpha=0.3)
+
+
+def _curve(ax: Any, summary: dict[str, Any]) -> None:
+    curve = (summary.get("e") or {}).get("curve") or []
+    if not curve:
+        ax.text(0.5, 0.5, "scenario (e) not run", ha="center", va="center")
+        ax.set_axis_off()
+        return
+    sizes = [p["batch_size"] for p in curve]
+    ax.plot(sizes, [p["images_per_s"] for p in curve], "o-", label="segment_batch (e)")
+    for p in curve:
+        ax.annotate(f"{p['images_per_s']:.3g}", (p["batch_size"], p["images_per_s"]), fontsize=8, va="bottom")
+    if summary.get("a"):
+        ax.axhline(summary["a"]["images_per_s"], ls="--", color="grey", label="per-image loop (a)")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sizes, [str(s) for s in sizes])
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("images/s")
+    ax.set_ylim(bottom=0)
+    ax.set_title("micro-batching vs the per-image loop", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+
+
+def _memory_or_latency(ax: Any, summary: dict[str, Any]) -> None:
+    memory = summary.get("f")
+    if memory and memory.get("samples"):
+        samples = memory["samples"]
+        ax.plot([s["results"] for s in samples], [s["rss_mb"] for s in samples], label="worker RSS")
+        rss = memory["rss_mb"]
+        ax.axvline(memory["baseline_after_requests"], ls=":", color="grey", label="baseline taken")
+        ax.set_xlabel("results delivered")
+        ax.set_ylabel("MiB")
+        ax.set_title(
+            f"(f) worker RSS over {memory['requests']} requests ({memory['dedup_hits']} dedup hits): "
+            f"first {rss['first']:.0f}, last {rss['last']:.0f}, max {rss['max']:.0f} MiB, "
+            f"{rss['change_pct']:+.1f}%",
+            fontsize=9,
+        )
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        return
+    names = [k for k in ("a", "b", "c", "d") if summary.get(k)]
+    x = range(len(names))
+    ax.bar([i - 0.2 for i in x], [summary[k]["latency_ms"]["p50"] for k in names], width=0.4, label="p50")
+    ax.bar([i + 0.2 for i in x], [summary[k]["latency_ms"]["p99"] for k in names], width=0.4, label="p99")
+    ax.set_xticks(list(x), [_LABELS[k] for k in names], fontsize=8)
+    ax.set_ylabel("ms (request submitted -> result created)")
+    ax.set_title("latency under a burst (scenario (f) not run)", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)

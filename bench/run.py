@@ -1,0 +1,492 @@
+"""``python -m bench.run``: does the pipeline cost anything on top of the model, and does batching pay?
+
+One process, one machine, the same images for every scenario:
+
+(a) bare loop: ``Segmenter.segment`` image by image (no Kafka, no Redis) — the limit;
+(b) the full pipeline with one worker process through a real broker (tansu) and a real redis-server;
+(c) the dedup hit path: the images of (b) again, already cached;
+(d) two worker processes in one group on a 2-partition topic;
+(e) ``Segmenter.segment_batch`` at batch sizes 1/2/4/8 over the same images;
+(f) (opt-in) worker RSS over 10,000 requests, mostly dedup hits.
+
+Scenarios run interleaved (a, b, c, d, e in every repeat) so a noisy neighbour hurts them alike; the report is the
+median over ``--repeat`` runs. The models are the random-weight tiny checkpoints at DEFAULT_CONF=0.005: at the
+product default (0.4) random FastSAM finds nothing and every image would fall back to SAM2. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import psutil
+import redis
+
+from bench.chart import make_chart
+from bench.harness import (
+    REPO_ROOT,
+    STAGES,
+    RequestPublisher,
+    ResultReader,
+    WorkerProcess,
+    start_worker,
+    worker_environment,
+)
+from bench.images import encode_jpeg, make_images
+from bench.scenarios import (
+    PipelineContext,
+    bare_loop,
+    batch_curve,
+    memory_run,
+    pipeline_run,
+    pipeline_steps,
+    publish_and_collect,
+)
+from bench.stats import clean_for_json, median_of
+from pipeline.checkpoints import ensure_demo_checkpoints
+from pipeline.models import _import_torch
+from pipeline.segmenter import Segmenter
+from pipeline.settings import ModelSettings
+from segpipe.config import KafkaSettings, RedisSettings
+from segpipe.services import LocalKafka, LocalRedis, create_topics, start_kafka, start_redis
+
+ALL_SCENARIOS = ("a", "b", "c", "d", "e", "f")
+DEFAULT_SCENARIOS = "a,b,c,d,e"
+#: Seeds of images that warm models up; never measured, never equal to a measured image.
+WARM_SEED = 10_000
+
+
+@dataclass(frozen=True)
+class Options:
+    """Everything the command line sets."""
+
+    images: int
+    repeat: int
+    out: Path
+    device: str
+    scenarios: tuple[str, ...]
+    width: int
+    height: int
+    imgsz: int | None
+    conf: float
+    hits: int
+    batch_sizes: tuple[int, ...]
+    memory_requests: int
+    worker_batch_size: int | None
+    timeout_s: float
+    checkpoints: Path
+
+
+def parse_args(argv: Sequence[str] | None) -> Options:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=8, help="distinct images per scenario (default 8)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs to take the median of (default 3)")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results", help="latest.json/.png go here")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="model device, bench and workers")
+    parser.add_argument("--scenarios", default=DEFAULT_SCENARIOS, help="comma list of a,b,c,d,e,f (f: memory, slow)")
+    parser.add_argument("--width", type=int, default=640)
+    parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--imgsz", type=int, default=None, help="FASTSAM_IMGSZ (default: the product default)")
+    parser.add_argument("--conf", type=float, default=0.005, help="DEFAULT_CONF: 0.005 lets random FastSAM answer")
+    parser.add_argument("--hits", type=int, default=200, help="requests in (c), cycling over the cached images")
+    parser.add_argument("--batch-sizes", default="1,2,4,8", help="batch sizes of (e)")
+    parser.add_argument("--memory-requests", type=int, default=10_000, help="requests in (f)")
+    parser.add_argument(
+        "--worker-batch-size", type=int, default=None, help="BATCH_SIZE of the workers (default: theirs)"
+    )
+    parser.add_argument("--timeout", type=float, default=900.0, help="most seconds to wait for one burst's results")
+    parser.add_argument(
+        "--checkpoints",
+        type=Path,
+        default=Path(os.environ.get("SEGPIPE_CHECKPOINT_DIR", REPO_ROOT / "checkpoints")),
+        help="demo checkpoints (built if absent)",
+    )
+    args = parser.parse_args(argv)
+    scenarios = tuple(s.strip().lower() for s in args.scenarios.split(",") if s.strip())
+    unknown = sorted(set(scenarios) - set(ALL_SCENARIOS))
+    if unknown or not scenarios:
+        parser.error(f"unknown scenarios {unknown}: choose from {','.join(ALL_SCENARIOS)}")
+    if args.images < 1 or args.repeat < 1:
+        parser.error("--images and --repeat must be at least 1")
+    return Options(
+        images=args.images,
+        repeat=args.repeat,
+        out=args.out,
+        device=args.device,
+        scenarios=scenarios,
+        width=args.width,
+        height=args.height,
+        imgsz=args.imgsz,
+        conf=args.conf,
+        hits=args.hits,
+        batch_sizes=tuple(int(s) for s in args.batch_sizes.split(",")),
+        memory_requests=args.memory_requests,
+        worker_batch_size=args.worker_batch_size,
+        timeout_s=args.timeout,
+        checkpoints=args.checkpoints,
+    )
+
+
+def _log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def machine_info(device: str, torch_threads: int) -> dict[str, Any]:
+    """What the numbers depend on: cores, torch and its thread count, the device, the load when it ran."""
+    torch = _import_torch()
+    cpu_model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    info: dict[str, Any] = {
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "cpu_model": cpu_model,
+        "memory_gib": psutil.virtual_memory().total / 2**30,
+        "torch_version": torch.__version__,
+        "torch_threads": torch_threads,
+        "device": device,
+        "gpu": torch.cuda.get_device_name(0) if device == "cuda" and torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "load_average_start": list(os.getloadavg()),
+    }
+    for package in ("ultralytics", "sam2", "confluent-kafka", "fastavro", "redis"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            info[f"{package}_version"] = metadata.version(package)
+    return info
+
+
+class Bench:
+    """Owns the services, workers and the in-process model for one benchmark run."""
+
+    def __init__(self, options: Options, stack: contextlib.ExitStack) -> None:
+        self.o = options
+        self.stack = stack
+        self.run_id = uuid.uuid4().hex[:8]
+        self.tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="segpipe-bench-")))
+        fastsam, sam2 = ensure_demo_checkpoints(options.checkpoints)
+        # One environment for the in-process model and every worker, so (a) and (b) run identical settings.
+        self.model_env = {
+            "FASTSAM_MODEL_PATH": str(fastsam),
+            "SAM_MODEL_PATH": str(sam2),
+            "DEVICE": options.device,
+            "DEFAULT_CONF": str(options.conf),
+        }
+        if options.imgsz is not None:
+            self.model_env["FASTSAM_IMGSZ"] = str(options.imgsz)
+        os.environ.update(self.model_env)
+        self.settings = ModelSettings()
+        self.images = make_images(options.images, options.width, options.height)
+        self.kafka: LocalKafka | None = None
+        self.redis: LocalRedis | None = None
+        self.ctx: PipelineContext | None = None
+        self.workers: dict[str, WorkerProcess] = {}
+        self.topics: dict[str, tuple[str, str, str]] = {}
+        self.segmenter: Segmenter | None = None
+        self.torch_threads = 0
+
+    # -- set-up --------------------------------------------------------------------------------------------------
+    def needs_pipeline(self) -> bool:
+        return bool(set(self.o.scenarios) & {"b", "c", "d", "f"})
+
+    def start_services(self) -> None:
+        self.kafka = start_kafka(log_dir=self.tmp)
+        self.stack.callback(self.kafka.stop)
+        self.redis = start_redis(workdir=self.tmp)
+        self.stack.callback(self.redis.stop)
+        outputs = {}
+        for group, partitions in (("b", 2), ("d", 2), ("f", 1)):
+            names = tuple(f"bench-{self.run_id}-{group}-{kind}" for kind in ("in", "out", "dlq"))
+            self.topics[group] = names  # type: ignore[assignment]
+            create_topics(self.kafka.bootstrap, {names[0]: partitions, names[1]: 1, names[2]: 1})
+            outputs[names[1]] = 1
+        kafka_settings = KafkaSettings(bootstrap_servers=self.kafka.bootstrap)
+        reader = ResultReader(self.kafka.bootstrap, outputs)
+        self.stack.callback(reader.close)
+        self.ctx = PipelineContext(
+            publisher=RequestPublisher(kafka_settings),
+            reader=reader,
+            broker=psutil.Process(self.kafka.process.pid),
+            redis=psutil.Process(self.redis.process.pid),
+            timeout_s=self.o.timeout_s,
+        )
+        _log(f"broker {self.kafka.bootstrap}, redis {self.redis.url}")
+
+    def worker_env(self, group: str) -> dict[str, str]:
+        assert self.kafka is not None and self.redis is not None
+        extra = {"OMP_NUM_THREADS": str(self.torch_threads or (os.cpu_count() or 1))}
+        if self.o.worker_batch_size is not None:
+            extra["BATCH_SIZE"] = str(self.o.worker_batch_size)
+        return worker_environment(
+            bootstrap=self.kafka.bootstrap,
+            redis_host=self.redis.host,
+            redis_port=self.redis.port,
+            topics=self.topics[group],
+            group=f"bench-{self.run_id}-{group}",
+            model_env=self.model_env,
+            extra=extra,
+        )
+
+    def start_worker(self, worker_id: str, group: str) -> WorkerProcess:
+        worker = start_worker(worker_id, self.worker_env(group), self.tmp)
+        self.workers[worker_id] = worker
+        self.stack.callback(worker.stop)
+        return worker
+
+    def load_model(self) -> None:
+        """Load both models and run one warm-up image, as a worker's first request would."""
+        self.segmenter = Segmenter(self.settings)
+        self.segmenter.warm_up()
+        warm = make_images(1, self.o.width, self.o.height, first_seed=WARM_SEED)[0]
+        self.segmenter.segment(warm.pixels)
+        # ultralytics' select_device() sets torch's threads to min(8, cpus - 1) on CPU at the first predict; the
+        # workers go through the same call, so this is also their count (they get it as OMP_NUM_THREADS too).
+        self.torch_threads = _import_torch().get_num_threads()
+
+    def warm_workers(self, group: str, workers: list[WorkerProcess], partitions: int) -> None:
+        """Send fresh warm-up images until every partition is served and each worker has answered (group settled)."""
+        assert self.ctx is not None
+        topic = self.topics[group][0]
+        expected = {w.worker_id for w in workers}
+        deadline = time.monotonic() + self.o.timeout_s
+        seed = WARM_SEED + 100 * (1 + ord(group[0]) - ord("a"))
+        while time.monotonic() < deadline:
+            warm = make_images(partitions, self.o.width, self.o.height, first_seed=seed)
+            seed += partitions
+            _, results, _, _ = publish_and_collect(
+                self.ctx, topic, partitions, [w.png for w in warm], workers, source="bench-warm-up"
+            )
+            if {r.worker_id for r in results.values()} == expected:
+                return
+        raise TimeoutError(f"workers {sorted(expected)} did not all get partitions of {topic}")
+
+    def flush_redis(self) -> None:
+        assert self.redis is not None
+        client = redis.Redis(host=self.redis.host, port=self.redis.port)
+        try:
+            client.flushdb()
+        finally:
+            client.close()
+
+    def pngs(self) -> list[bytes]:
+        return [image.png for image in self.images]
+
+
+def _iterate_repeats(bench: Bench) -> Iterator[tuple[int, dict[str, Any]]]:
+    """One interleaved pass over the selected scenarios per repeat."""
+    o = bench.o
+    workers = bench.workers
+    for repeat in range(o.repeat):
+        run: dict[str, Any] = {"load_average": list(os.getloadavg())}
+        if "a" in o.scenarios:
+            assert bench.segmenter is not None
+            idle = {w.worker_id: w.ps for w in workers.values()}
+            run["a"], results = bare_loop(bench.segmenter, bench.images, idle)
+            redis_settings = (
+                RedisSettings(host=bench.redis.host, port=bench.redis.port) if bench.redis is not None else None
+            )
+            run["steps"] = pipeline_steps(bench.images, results, bench.segmenter, redis_settings)
+            _log(f"repeat {repeat + 1}: (a) {run['a']['images_per_s']:.3f} img/s")
+        if "b" in o.scenarios or "c" in o.scenarios:
+            assert bench.ctx is not None
+            topic = bench.topics["b"][0]
+            bench.flush_redis()
+            if "b" in o.scenarios:
+                run["b"] = pipeline_run(bench.ctx, topic, 2, bench.pngs(), [workers["bench-b"]], source="bench-b")
+                _log(f"repeat {repeat + 1}: (b) {run['b']['images_per_s']:.3f} img/s")
+            else:  # (c) alone: the cache must hold the images first (not measured)
+                publish_and_collect(bench.ctx, topic, 2, bench.pngs(), [workers["bench-b"]], source="bench-c-prime")
+            if "c" in o.scenarios:
+                payloads = [bench.pngs()[i % len(bench.images)] for i in range(o.hits)]
+                run["c"] = pipeline_run(bench.ctx, topic, 2, payloads, [workers["bench-b"]], source="bench-c")
+                _log(f"repeat {repeat + 1}: (c) {run['c']['images_per_s']:.1f} hits/s ({run['c']['cached']} cached)")
+        if "d" in o.scenarios:
+            assert bench.ctx is not None
+            bench.flush_redis()
+            pair = [workers["bench-d1"], workers["bench-d2"]]
+            run["d"] = pipeline_run(bench.ctx, bench.topics["d"][0], 2, bench.pngs(), pair, source="bench-d")
+            _log(f"repeat {repeat + 1}: (d) {run['d']['images_per_s']:.3f} img/s")
+        if "e" in o.scenarios:
+            assert bench.segmenter is not None
+            run["e"] = batch_curve(bench.segmenter, bench.images, o.batch_sizes)
+            curve = ", ".join(f"{p['batch_size']}: {p['images_per_s']:.3f}" for p in run["e"]["curve"])
+            _log(f"repeat {repeat + 1}: (e) img/s by batch size {curve}")
+        yield repeat, run
+
+
+def _memory(bench: Bench) -> dict[str, Any]:
+    """(f) on a fresh worker, after the others have left (they would only add noise)."""
+    assert bench.ctx is not None
+    for worker_id in [w for w in bench.workers if w != "bench-f"]:
+        bench.workers.pop(worker_id).stop()
+    bench.flush_redis()
+    worker = bench.start_worker("bench-f", "f")
+    # JPEG keeps 10,000 requests at ~40 KB each in the broker's RAM (tansu memory storage) instead of ~0.5 MB.
+    prime = [encode_jpeg(image.pixels) for image in bench.images]
+    warm = encode_jpeg(make_images(1, bench.o.width, bench.o.height, first_seed=WARM_SEED + 900)[0].pixels)
+    publish_and_collect(bench.ctx, bench.topics["f"][0], 1, [warm], [worker], source="bench-f-warm-up")
+    _log(f"(f) worker ready; {bench.o.memory_requests} requests")
+    return memory_run(bench.ctx, bench.topics["f"][0], worker, prime, bench.o.memory_requests)
+
+
+def summarise(runs: list[dict[str, Any]], memory: dict[str, Any] | None) -> dict[str, Any]:
+    """Medians over repeats, the ratios b/a and d/b (median of per-repeat ratios: each repeat is one paired trial),
+    and a breakdown of the gap between (b) and (a)."""
+    summary: dict[str, Any] = {}
+    for key in ("a", "b", "c", "d", "e", "steps"):
+        values = [run[key] for run in runs if key in run]
+        if values:
+            summary[key] = median_of(values)
+    if "e" in summary:  # median of each point of the curve, matched by batch size
+        curves = [run["e"]["curve"] for run in runs if "e" in run]
+        summary["e"]["curve"] = [median_of([curve[i] for curve in curves]) for i in range(len(curves[0]))]
+    ratios: dict[str, Any] = {}
+    for name, (top, bottom) in {"b_over_a": ("b", "a"), "d_over_b": ("d", "b"), "c_over_b": ("c", "b")}.items():
+        paired = [
+            run[top]["images_per_s"] / run[bottom]["images_per_s"] for run in runs if top in run and bottom in run
+        ]
+        if paired:
+            ratios[name] = median_of(paired)
+            ratios[f"{name}_per_repeat"] = paired
+            ratios[f"{name}_of_medians"] = summary[top]["images_per_s"] / summary[bottom]["images_per_s"]
+    if "e" in summary and "a" in summary:
+        best = max(summary["e"]["curve"], key=lambda p: p["images_per_s"])
+        ratios["best_batch_over_a"] = best["images_per_s"] / summary["a"]["images_per_s"]
+        ratios["best_batch_size"] = best["batch_size"]
+    summary["ratios"] = ratios
+    if "a" in summary and "b" in summary:
+        a, b = summary["a"], summary["b"]
+        summary["gap_b_vs_a_ms_per_image"] = {
+            "wall_a": a["ms_per_image"],
+            "wall_b": b["ms_per_image"],
+            "gap": b["ms_per_image"] - a["ms_per_image"],
+            "model_a": a["model_ms_per_image"],
+            "model_b": b["model_ms_per_image"],
+            "model_slower_in_worker": b["model_ms_per_image"] - a["model_ms_per_image"],
+            "inference_thread_not_in_model_b": b["ms_per_image"] - b["model_ms_per_image"],
+            "engine_other_a": a["engine_other_ms"],
+        }
+    if memory is not None:
+        summary["f"] = memory
+    return summary
+
+
+def print_report(report: dict[str, Any]) -> None:
+    """A human-readable table of the summary on stdout."""
+    s, m, c = report["summary"], report["machine"], report["config"]
+    print(
+        f"\nsegpipe bench: {m['cpu_count']} CPU ({m['cpu_model']}), torch {m['torch_version']} "
+        f"({m['torch_threads']} threads), device {m['device']}; {c['images']} images {c['width']}x{c['height']}, "
+        f"imgsz {c['imgsz']}, conf {c['conf']}, median of {c['repeat']}"
+    )
+    header = f"{'scenario':<26}{'img/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'cpu s/img':>10}  " + " ".join(
+        f"{k:>8}" for k in (*STAGES, "kafka")
+    )
+    print(header)
+    labels = {"a": "(a) bare loop", "b": "(b) pipeline 1 worker", "c": "(c) dedup hits", "d": "(d) 2 workers"}
+    for key, label in labels.items():
+        if key not in s:
+            continue
+        row = s[key]
+        stages = " ".join(f"{row['stages_ms'].get(k, 0.0):8.1f}" for k in (*STAGES, "kafka"))
+        print(
+            f"{label:<26}{row['images_per_s']:9.3f}{row['latency_ms']['p50']:9.0f}{row['latency_ms']['p99']:9.0f}"
+            f"{row['cpu_s_per_image']:10.3f}  {stages}"
+        )
+    for name, value in s["ratios"].items():
+        if not name.endswith("_per_repeat"):
+            print(f"{name:<26}{value:9.3f}")
+    if "e" in s:
+        print(
+            "(e) batch size -> img/s: "
+            + ", ".join(f"{p['batch_size']}: {p['images_per_s']:.3f}" for p in s["e"]["curve"])
+        )
+    if "steps" in s:
+        print("pipeline-only steps, ms/image: " + ", ".join(f"{k} {v:.3f}" for k, v in s["steps"].items()))
+    if "f" in s:
+        rss = s["f"]["rss_mb"]
+        print(
+            f"(f) worker RSS over {s['f']['requests']} requests ({s['f']['dedup_hits']} dedup hits): first "
+            f"{rss['first']:.0f} MiB, last {rss['last']:.0f}, max {rss['max']:.0f}, change {rss['change_pct']:+.2f}%"
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the suite; write ``latest.json`` and ``latest.png`` under ``--out``; return the report."""
+    options = parse_args(argv)
+    started = time.monotonic()
+    runs: list[dict[str, Any]] = []
+    memory: dict[str, Any] | None = None
+    with contextlib.ExitStack() as stack:
+        bench = Bench(options, stack)
+        if bench.needs_pipeline():
+            bench.start_services()
+            groups = {"b": ["bench-b"] if {"b", "c"} & set(options.scenarios) else [], "d": []}
+            if "d" in options.scenarios:
+                groups["d"] = ["bench-d1", "bench-d2"]
+            for group, ids in groups.items():  # start the workers first: they load while the bench loads
+                for worker_id in ids:
+                    bench.start_worker(worker_id, group)
+        _log("loading models in the bench process")
+        bench.load_model()
+        for group, ids in (("b", ["bench-b"]), ("d", ["bench-d1", "bench-d2"])):
+            if all(i in bench.workers for i in ids):
+                bench.warm_workers(group, [bench.workers[i] for i in ids], 2)
+                _log(f"workers {ids} ready")
+        for _, run in _iterate_repeats(bench):
+            runs.append(run)
+        if "f" in options.scenarios:
+            memory = _memory(bench)
+        machine = machine_info(options.device, bench.torch_threads)
+        machine["load_average_end"] = list(os.getloadavg())
+        report = {
+            "schema": "segpipe-bench/1",
+            "command": "python -m bench.run " + shlex.join(sys.argv[1:] if argv is None else list(argv)),
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "duration_s": time.monotonic() - started,
+            "machine": machine,
+            "config": {
+                "images": options.images,
+                "repeat": options.repeat,
+                "scenarios": list(options.scenarios),
+                "width": options.width,
+                "height": options.height,
+                "imgsz": bench.settings.fastsam_imgsz,
+                "conf": bench.settings.default_conf,
+                "hits": options.hits,
+                "batch_sizes": list(options.batch_sizes),
+                "memory_requests": options.memory_requests if memory is not None else None,
+                "worker_batch_size": options.worker_batch_size,
+                "png_bytes_mean": sum(len(i.png) for i in bench.images) / len(bench.images),
+                "model_env": bench.model_env,
+            },
+            "summary": summarise(runs, memory),
+            "runs": runs,
+        }
+    report = clean_for_json(report)
+    options.out.mkdir(parents=True, exist_ok=True)
+    (options.out / "latest.json").write_text(json.dumps(report, indent=2))
+    make_chart(report, options.out / "latest.png")
+    print_report(report)
+    print(f"\nwrote {options.out / 'latest.json'} and {options.out / 'latest.png'} in {report['duration_s']:.0f}s")
+    return report
+
+
+if __name__ == "__main__":
+    main()
