@@ -43,6 +43,10 @@ def configure_offline() -> None:
     os.environ.setdefault("YOLO_OFFLINE", "1")
     os.environ.setdefault("YOLO_VERBOSE", "False")
     os.environ.setdefault("YOLO_AUTOINSTALL", "False")
+    # ultralytics sets OMP_NUM_THREADS=1 on import when it is unset ("for training"), which halves CPU inference on
+    # two cores and leaks into child processes. Pin it to torch's own default first (an explicit setting wins).
+    if not os.environ.get("OMP_NUM_THREADS"):
+        os.environ["OMP_NUM_THREADS"] = str(_import_torch().get_num_threads())
 
 
 def _import_torch() -> Any:
