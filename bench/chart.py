@@ -9,14 +9,15 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from bench.harness import STAGES  # noqa: E402
+from bench.harness import STAGES
 
 _LABELS = {
     "a": "(a) bare loop",
     "b": "(b) pipeline, 1 worker",
-    "c": "(c) dedup hits, 1 worker",
+    "c": "(c) dedup hits, burst",
+    "c_closed": "(c) hits, closed loop",
     "d": "(d) pipeline, 2 workers",
 }
 _STAGE_COLOURS = {
@@ -59,9 +60,11 @@ def make_chart(report: dict[str, Any], path: Path) -> Path:
 
 
 def _throughput(ax: Any, summary: dict[str, Any]) -> None:
-    names = [k for k in ("a", "b", "c", "d") if summary.get(k)]
+    names = [k for k in ("a", "b", "c", "c_closed", "d") if summary.get(k)]
     values = [summary[k]["images_per_s"] for k in names]
-    bars = ax.bar([_LABELS[k] for k in names], values, color=["#4c72b0", "#55a868", "#c44e52", "#8172b2"][: len(names)])
+    bars = ax.bar(
+        [_LABELS[k] for k in names], values, color=["#4c72b0", "#55a868", "#c44e52", "#dd8452", "#8172b2"][: len(names)]
+    )
     for bar, value in zip(bars, values, strict=True):
         ax.annotate(f"{value:.3g}", (bar.get_x() + bar.get_width() / 2, value), ha="center", va="bottom", fontsize=9)
     ratios = summary.get("ratios", {})
@@ -73,7 +76,7 @@ def _throughput(ax: Any, summary: dict[str, Any]) -> None:
 
 
 def _stages(ax: Any, summary: dict[str, Any]) -> None:
-    names = [k for k in ("a", "b", "c", "d") if summary.get(k)]
+    names = [k for k in ("a", "b", "c", "c_closed", "d") if summary.get(k)]
     left = [0.0] * len(names)
     for stage in (*STAGES, "kafka"):
         widths = [summary[k]["stages_ms"].get(stage) or 0.0 for k in names]
@@ -130,7 +133,7 @@ def _memory_or_latency(ax: Any, summary: dict[str, Any]) -> None:
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
         return
-    names = [k for k in ("a", "b", "c", "d") if summary.get(k)]
+    names = [k for k in ("a", "b", "c", "c_closed", "d") if summary.get(k)]
     x = range(len(names))
     ax.bar([i - 0.2 for i in x], [summary[k]["latency_ms"]["p50"] for k in names], width=0.4, label="p50")
     ax.bar([i + 0.2 for i in x], [summary[k]["latency_ms"]["p99"] for k in names], width=0.4, label="p99")

@@ -102,6 +102,7 @@ class ResultReader:
             [TopicPartition(topic, p, OFFSET_BEGINNING) for topic, count in topics.items() for p in range(count)]
         )
         self._results: dict[str, Received] = {}
+        self._total = 0  # results received so far, of any request
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self.errors: list[str] = []
@@ -126,13 +127,27 @@ class ResultReader:
                 continue
             with self._cond:
                 self._results[result.request_id] = result
+                self._total += 1
                 self._cond.notify_all()
             if self.on_result is not None:
                 self.on_result(result)
 
-    def count(self, ids: Iterable[str]) -> int:
+    @property
+    def total(self) -> int:
+        """Results received so far, of any request."""
         with self._cond:
-            return sum(1 for i in ids if i in self._results)
+            return self._total
+
+    def wait_total(self, at_least: int, timeout: float) -> int:
+        """Block until ``total >= at_least`` or ``timeout``; returns the total."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._total < at_least:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            return self._total
 
     def wait(self, ids: Iterable[str], timeout: float, alive: Callable[[], None] | None = None) -> dict[str, Received]:
         """Results for every id, or TimeoutError naming how many are missing; ``alive`` may raise if a worker died."""
@@ -202,6 +217,12 @@ class RequestPublisher:
         if left or self._errors:
             raise RuntimeError(f"publishing failed: {left} undelivered, errors {self._errors[:3]}")
 
+    def close(self) -> None:
+        """Flush and drop the producer (librdkafka's client goes with its last reference), before the broker stops."""
+        with contextlib.suppress(RuntimeError):
+            self.flush(5.0)
+        del self._producer
+
 
 @dataclass
 class WorkerProcess:
@@ -251,9 +272,10 @@ class WorkerProcess:
 def start_worker(worker_id: str, env: dict[str, str], log_dir: Path) -> WorkerProcess:
     """Start a worker process with ``env`` (the caller builds it from the same settings as the in-process model)."""
     log_path = log_dir / f"{worker_id}.log"
+    module = "bench.patched_worker" if env.get("BENCH_WORKER_PATCH") else "consumers.worker"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "consumers.worker"],
+            [sys.executable, "-m", module],
             env={**env, "WORKER_ID": worker_id},
             cwd=REPO_ROOT,
             stdin=subprocess.DEVNULL,

@@ -68,7 +68,7 @@ class BenchImage:
 
 
 def make_images(count: int, width: int = 640, height: int = 480, *, first_seed: int = 0) -> list[BenchImage]:
-    """``count`` distinct images (seeds ``first_seed``...). Pixels are decoded from the PNG, exactly as a worker does."""
+    """``count`` distinct images (seeds ``first_seed``...); pixels decoded from the PNG, exactly as a worker does."""
     images = []
     for seed in range(first_seed, first_seed + count):
         png = encode_png(synthetic_image(seed, width, height))

@@ -60,7 +60,7 @@ from pipeline.checkpoints import ensure_demo_checkpoints
 from pipeline.models import _import_torch
 from pipeline.segmenter import Segmenter
 from pipeline.settings import ModelSettings
-from segpipe.config import KafkaSettings, RedisSettings
+from segpipe.config import KafkaSettings, RedisSettings, WorkerSettings
 from segpipe.services import LocalKafka, LocalRedis, create_topics, start_kafka, start_redis
 
 ALL_SCENARIOS = ("a", "b", "c", "d", "e", "f")
@@ -86,6 +86,10 @@ class Options:
     batch_sizes: tuple[int, ...]
     memory_requests: int
     worker_batch_size: int | None
+    worker_env: dict[str, str]
+    worker_patch: str
+    window: int
+    fetch_wait_ms: int
     timeout_s: float
     checkpoints: Path
 
@@ -106,6 +110,26 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     parser.add_argument("--memory-requests", type=int, default=10_000, help="requests in (f)")
     parser.add_argument(
         "--worker-batch-size", type=int, default=None, help="BATCH_SIZE of the workers (default: theirs)"
+    )
+    parser.add_argument(
+        "--worker-env", action="append", default=[], metavar="KEY=VALUE", help="extra worker variable (repeatable)"
+    )
+    parser.add_argument(
+        "--worker-patch", default="", help="run bench.patched_worker with this BENCH_WORKER_PATCH (price a fix)"
+    )
+    parser.add_argument(
+        "--window",
+        type=int,
+        default=None,
+        help="closed-loop requests without a result, in (c) closed loop and (f); default MAX_WORKERS - 1, below the "
+        "in-flight bound at which a worker pauses its partitions",
+    )
+    parser.add_argument(
+        "--fetch-wait-ms",
+        type=int,
+        default=10,
+        help="workers' fetch.wait.max.ms (tansu does not answer a waiting fetch when data arrives, so librdkafka's "
+        "500 ms default adds up to 500 ms per hop there; Apache Kafka answers at once). 0: librdkafka's default",
     )
     parser.add_argument("--timeout", type=float, default=900.0, help="most seconds to wait for one burst's results")
     parser.add_argument(
@@ -135,6 +159,10 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         batch_sizes=tuple(int(s) for s in args.batch_sizes.split(",")),
         memory_requests=args.memory_requests,
         worker_batch_size=args.worker_batch_size,
+        worker_env=dict(item.split("=", 1) for item in args.worker_env),
+        worker_patch=args.worker_patch,
+        window=args.window if args.window is not None else max(1, WorkerSettings().max_workers - 1),
+        fetch_wait_ms=args.fetch_wait_ms,
         timeout_s=args.timeout,
         checkpoints=args.checkpoints,
     )
@@ -219,8 +247,10 @@ class Bench:
         kafka_settings = KafkaSettings(bootstrap_servers=self.kafka.bootstrap)
         reader = ResultReader(self.kafka.bootstrap, outputs)
         self.stack.callback(reader.close)
+        publisher = RequestPublisher(kafka_settings)
+        self.stack.callback(publisher.close)
         self.ctx = PipelineContext(
-            publisher=RequestPublisher(kafka_settings),
+            publisher=publisher,
             reader=reader,
             broker=psutil.Process(self.kafka.process.pid),
             redis=psutil.Process(self.redis.process.pid),
@@ -233,6 +263,12 @@ class Bench:
         extra = {"OMP_NUM_THREADS": str(self.torch_threads or (os.cpu_count() or 1))}
         if self.o.worker_batch_size is not None:
             extra["BATCH_SIZE"] = str(self.o.worker_batch_size)
+        if self.o.worker_patch:
+            extra["BENCH_WORKER_PATCH"] = self.o.worker_patch
+        if self.o.fetch_wait_ms > 0:
+            kafka_extra = json.loads(os.environ.get("KAFKA_EXTRA_CONFIG") or "{}")
+            extra["KAFKA_EXTRA_CONFIG"] = json.dumps({"fetch.wait.max.ms": self.o.fetch_wait_ms, **kafka_extra})
+        extra.update(self.o.worker_env)
         return worker_environment(
             bootstrap=self.kafka.bootstrap,
             redis_host=self.redis.host,
@@ -254,7 +290,15 @@ class Bench:
         self.segmenter = Segmenter(self.settings)
         self.segmenter.warm_up()
         warm = make_images(1, self.o.width, self.o.height, first_seed=WARM_SEED)[0]
-        self.segmenter.segment(warm.pixels)
+        result = self.segmenter.segment(warm.pixels)
+        if str(result.model) != "fastsam":
+            # Random-weight FastSAM finds nothing at some sizes/thresholds; then every request would fall back to
+            # SAM2's automatic mask generator (minutes per image on a CPU) and the bench would measure that instead.
+            raise SystemExit(
+                f"FastSAM did not answer the warm-up image ({result.fallback_detail}) at conf "
+                f"{self.settings.default_conf}, imgsz {self.settings.fastsam_imgsz}: the bench measures FastSAM's "
+                "path; with the random demo checkpoints use --conf 0.005 and an imgsz of at least 512"
+            )
         # ultralytics' select_device() sets torch's threads to min(8, cpus - 1) on CPU at the first predict; the
         # workers go through the same call, so this is also their count (they get it as OMP_NUM_THREADS too).
         self.torch_threads = _import_torch().get_num_threads()
@@ -315,7 +359,13 @@ def _iterate_repeats(bench: Bench) -> Iterator[tuple[int, dict[str, Any]]]:
             if "c" in o.scenarios:
                 payloads = [bench.pngs()[i % len(bench.images)] for i in range(o.hits)]
                 run["c"] = pipeline_run(bench.ctx, topic, 2, payloads, [workers["bench-b"]], source="bench-c")
-                _log(f"repeat {repeat + 1}: (c) {run['c']['images_per_s']:.1f} hits/s ({run['c']['cached']} cached)")
+                run["c_closed"] = pipeline_run(
+                    bench.ctx, topic, 2, payloads, [workers["bench-b"]], source="bench-c", window=o.window
+                )
+                _log(
+                    f"repeat {repeat + 1}: (c) {run['c']['images_per_s']:.1f} hits/s as a burst, "
+                    f"{run['c_closed']['images_per_s']:.1f} closed loop ({run['c']['cached']} cached)"
+                )
         if "d" in o.scenarios:
             assert bench.ctx is not None
             bench.flush_redis()
@@ -342,14 +392,14 @@ def _memory(bench: Bench) -> dict[str, Any]:
     warm = encode_jpeg(make_images(1, bench.o.width, bench.o.height, first_seed=WARM_SEED + 900)[0].pixels)
     publish_and_collect(bench.ctx, bench.topics["f"][0], 1, [warm], [worker], source="bench-f-warm-up")
     _log(f"(f) worker ready; {bench.o.memory_requests} requests")
-    return memory_run(bench.ctx, bench.topics["f"][0], worker, prime, bench.o.memory_requests)
+    return memory_run(bench.ctx, bench.topics["f"][0], worker, prime, bench.o.memory_requests, window=bench.o.window)
 
 
 def summarise(runs: list[dict[str, Any]], memory: dict[str, Any] | None) -> dict[str, Any]:
     """Medians over repeats, the ratios b/a and d/b (median of per-repeat ratios: each repeat is one paired trial),
     and a breakdown of the gap between (b) and (a)."""
     summary: dict[str, Any] = {}
-    for key in ("a", "b", "c", "d", "e", "steps"):
+    for key in ("a", "b", "c", "c_closed", "d", "e", "steps"):
         values = [run[key] for run in runs if key in run]
         if values:
             summary[key] = median_of(values)
@@ -399,7 +449,13 @@ def print_report(report: dict[str, Any]) -> None:
         f"{k:>8}" for k in (*STAGES, "kafka")
     )
     print(header)
-    labels = {"a": "(a) bare loop", "b": "(b) pipeline 1 worker", "c": "(c) dedup hits", "d": "(d) 2 workers"}
+    labels = {
+        "a": "(a) bare loop",
+        "b": "(b) pipeline 1 worker",
+        "c": "(c) dedup hits, burst",
+        "c_closed": "(c) hits, closed loop",
+        "d": "(d) 2 workers",
+    }
     for key, label in labels.items():
         if key not in s:
             continue
@@ -473,6 +529,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 "batch_sizes": list(options.batch_sizes),
                 "memory_requests": options.memory_requests if memory is not None else None,
                 "worker_batch_size": options.worker_batch_size,
+                "worker_env": options.worker_env,
+                "worker_patch": options.worker_patch,
+                "window": options.window,
+                "fetch_wait_ms": options.fetch_wait_ms,
                 "png_bytes_mean": sum(len(i.png) for i in bench.images) / len(bench.images),
                 "model_env": bench.model_env,
             },

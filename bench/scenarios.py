@@ -212,19 +212,36 @@ def publish_and_collect(
     workers: Sequence[WorkerProcess],
     *,
     source: str,
+    window: int | None = None,
 ) -> tuple[list[Sent], dict[str, Received], float, float]:
-    """Publish a burst round-robin over the partitions; return what was sent, the results, start and end times."""
+    """Publish round-robin over the partitions — all at once, or keeping at most ``window`` requests without a
+    result (closed loop) — and return what was sent, the results, and the first-publish / last-result times.
+
+    Closed loop assumes no other results arrive meanwhile (scenarios run one at a time and wait for all theirs).
+    """
 
     def alive() -> None:
         for worker in workers:
             worker.check_alive()
 
     started = time.time()
-    sent = [
-        ctx.publisher.publish(topic, payload, partition=i % partitions, params=SegmentParams(), source=source)
-        for i, payload in enumerate(payloads)
-    ]
-    ctx.publisher.flush()
+    if window is None:  # open loop: the whole burst at once
+        sent = [
+            ctx.publisher.publish(topic, payload, partition=i % partitions, params=SegmentParams(), source=source)
+            for i, payload in enumerate(payloads)
+        ]
+        ctx.publisher.flush()
+    else:  # closed loop: at most `window` requests without a result
+        sent = []
+        base = ctx.reader.total
+        for i, payload in enumerate(payloads):
+            while i - (ctx.reader.total - base) >= window:
+                ctx.reader.wait_total(base + i - window + 1, 1.0)
+                alive()
+            sent.append(
+                ctx.publisher.publish(topic, payload, partition=i % partitions, params=SegmentParams(), source=source)
+            )
+        ctx.publisher.flush()
     results = ctx.reader.wait([s.request_id for s in sent], ctx.timeout_s, alive)
     ended = max(r.received_at for r in results.values())
     return sent, results, started, ended
@@ -238,12 +255,16 @@ def pipeline_run(
     workers: Sequence[WorkerProcess],
     *,
     source: str,
+    window: int | None = None,
 ) -> dict[str, Any]:
-    """(b)/(c)/(d): a burst of requests through the broker; throughput from first publish to last result."""
+    """(b)/(c)/(d): requests through the broker (a burst, or closed loop with ``window``); throughput from first
+    publish to last result."""
     watched = {w.worker_id: w.ps for w in workers} | {"broker": ctx.broker, "redis": ctx.redis}
     cpu = ProcessCpu(watched)
     own_start = own_cpu_s()
-    sent, results, started, ended = publish_and_collect(ctx, topic, partitions, payloads, workers, source=source)
+    sent, results, started, ended = publish_and_collect(
+        ctx, topic, partitions, payloads, workers, source=source, window=window
+    )
     wall = ended - started
     cpu_delta = cpu.delta()
     cpu_delta["bench"] = own_cpu_s() - own_start
@@ -293,26 +314,20 @@ def memory_run(
     prime_payloads: Sequence[bytes],
     total: int,
     *,
+    window: int,
     sample_s: float = 0.5,
-    outstanding: int = 500,
     baseline_fraction: float = 0.05,
 ) -> dict[str, Any]:
     """(f) Worker RSS over ``total`` requests: the first ``len(prime_payloads)`` are computed by the model, the
-    rest repeat them (dedup hits). RSS is sampled every ``sample_s`` seconds with the number of results so far.
+    rest repeat them (dedup hits), fed closed loop (``window`` without a result). RSS is sampled every
+    ``sample_s`` seconds with the number of results so far.
 
     The baseline ("first") is the first sample after ``baseline_fraction`` of the requests, so model loading, the
     first inference and allocator warm-up of the hit path are not counted as growth.
     """
-    received = 0
-    lock = threading.Lock()
-
-    def count(_result: Received) -> None:
-        nonlocal received
-        with lock:
-            received += 1
-
     samples: list[tuple[float, int, float, float]] = []
     stop = threading.Event()
+    base = ctx.reader.total
 
     def sample() -> None:
         started = time.monotonic()
@@ -321,48 +336,37 @@ def memory_run(
                 broker_mb = ctx.broker.memory_info().rss / 2**20
             except psutil.Error:
                 broker_mb = math.nan
-            samples.append((time.monotonic() - started, received, worker.rss_mb(), broker_mb))
+            samples.append((time.monotonic() - started, ctx.reader.total - base, worker.rss_mb(), broker_mb))
             stop.wait(sample_s)
 
-    ctx.reader.on_result = count
     sampler = threading.Thread(target=sample, name="bench-rss", daemon=True)
     rss_before_prime = worker.rss_mb()
     try:
-        _, _, _, _ = publish_and_collect(ctx, topic, 1, prime_payloads, [worker], source="bench-f-prime")
+        publish_and_collect(ctx, topic, 1, prime_payloads, [worker], source="bench-f-prime")
         rss_after_prime = worker.rss_mb()
         sampler.start()
-        ids: list[str] = []
-        started = time.time()
-        for i in range(total - len(prime_payloads)):
-            while len(ids) - (received - len(prime_payloads)) >= outstanding:
-                worker.check_alive()
-                time.sleep(0.01)
-            payload = prime_payloads[i % len(prime_payloads)]
-            ids.append(
-                ctx.publisher.publish(topic, payload, partition=0, params=SegmentParams(), source="f").request_id
-            )
-        ctx.publisher.flush()
-        results = ctx.reader.wait(ids, ctx.timeout_s, worker.check_alive)
-        ended = max(r.received_at for r in results.values())
+        repeats = [prime_payloads[i % len(prime_payloads)] for i in range(total - len(prime_payloads))]
+        _, results, started, ended = publish_and_collect(
+            ctx, topic, 1, repeats, [worker], source="bench-f", window=window
+        )
         time.sleep(sample_s)
     finally:
         stop.set()
         if sampler.is_alive():
             sampler.join(5)
-        ctx.reader.on_result = None
-    baseline_at = len(prime_payloads) + baseline_fraction * (total - len(prime_payloads))
+    baseline_at = len(prime_payloads) + baseline_fraction * len(repeats)
     steady = [s for s in samples if s[1] >= baseline_at and not math.isnan(s[2])]
     if not steady:
         steady = [s for s in samples if not math.isnan(s[2])]
     first, last = steady[0][2], steady[-1][2]
     peak = max(s[2] for s in steady)
     step = max(1, len(samples) // 200)
-    hits = sum(r.cached for r in results.values())
     return {
         "requests": total,
         "computed": len(prime_payloads),
-        "dedup_hits": hits,
-        "hits_per_s": len(ids) / (ended - started),
+        "dedup_hits": sum(r.cached for r in results.values()),
+        "window": window,
+        "hits_per_s": len(repeats) / (ended - started),
         "rss_mb": {
             "before_priming": rss_before_prime,
             "after_priming": rss_after_prime,

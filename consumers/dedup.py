@@ -20,6 +20,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from pipeline.settings import ModelSettings
 from pipeline.types import Prompts, SegmentParams
@@ -77,6 +79,10 @@ class DedupCache:
             password=settings.password,
             socket_timeout=settings.socket_timeout,
             socket_connect_timeout=settings.socket_timeout,
+            # One immediate retry (a pooled connection gone stale when Redis restarted), no backoff: redis-py's
+            # default (3 retries, exponential backoff) spends ~4 s on every call while Redis is down, and these calls
+            # sit on the decode threads and the inference thread, so an outage would stall the whole worker.
+            retry=Retry(NoBackoff(), 1),
         )
         self._healthy = True
         self._lock = threading.Lock()

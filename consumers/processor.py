@@ -198,6 +198,12 @@ class RequestProcessor:
             self.cache.put(pending.cache_key, outcome.result_bytes, self.worker_id)
         return outcome
 
+    def abandon(self, pending: PendingSegmentation) -> None:
+        """Drop a request without answering it (its partition was handed back to another worker, which will):
+        release its dedup claim so the new owner computes it at once instead of waiting for this one."""
+        if self.cache is not None:
+            self.cache.release(pending.cache_key, self.worker_id)
+
     # -- results and failures ------------------------------------------------------------------------------------
     def _outcome(self, record: InboundRecord, message: SegmentResultMessage, request: SegmentRequest) -> Outcome:
         return Outcome(

@@ -10,9 +10,12 @@ Threads and their jobs:
 - the **inference thread** runs micro-batches (up to BATCH_SIZE requests or BATCH_TIMEOUT_MS) through the engine.
 
 Offsets per partition advance to the lowest offset still in flight (:class:`OffsetTracker`), so a record is never
-acknowledged before its result is delivered. On revocation the worker finishes and delivers the revoked partitions'
-in-flight work (bounded by ``shutdown_timeout_s``) and commits; what is not finished by then is handed back
-uncommitted and redelivered to the new owner. SIGTERM/SIGINT: stop fetching, finish, flush, commit, close.
+acknowledged before its result is delivered; stored offsets are committed right away, so a kill -9 redelivers only
+what was in flight. On revocation the worker finishes and delivers the revoked partitions' in-flight work (bounded
+by ``shutdown_timeout_s`` and half of ``max.poll.interval.ms``, since the whole group's rebalance waits) and commits;
+what is not finished by then is handed back uncommitted and redelivered to the new owner, and this worker neither
+publishes its late result nor keeps computing queued work of those partitions. SIGTERM/SIGINT: stop fetching,
+finish, flush, commit, close.
 """
 
 from __future__ import annotations
@@ -43,16 +46,28 @@ TopicPartitionKey = tuple[str, int]
 
 
 class OffsetTracker:
-    """Which offsets are in flight per partition, and how far each partition may be committed."""
+    """Which offsets are in flight per partition, and how far each partition may be committed.
+
+    ``count`` includes records that are finished but not yet committable (a lower offset of their partition is still
+    in flight): after a crash they are redelivered like unfinished ones, so bounding ``count`` (backpressure) is what
+    bounds the duplicates a kill -9 can cause.
+    """
 
     def __init__(self) -> None:
         self._in_flight: dict[TopicPartitionKey, set[int]] = defaultdict(set)
+        self._finished: dict[TopicPartitionKey, set[int]] = defaultdict(set)  # done, above the lowest in flight
         self._highest_done: dict[TopicPartitionKey, int] = {}
         self._lock = threading.Lock()
 
     def add(self, tp: TopicPartitionKey, offset: int) -> None:
         with self._lock:
             self._in_flight[tp].add(offset)
+
+    def is_pending(self, tp: TopicPartitionKey, offset: int) -> bool:
+        """Whether this record is still ours to answer (False once its partition was revoked or lost)."""
+        with self._lock:
+            pending = self._in_flight.get(tp)
+            return pending is not None and offset in pending
 
     def done(self, tp: TopicPartitionKey, offset: int) -> int | None:
         """Mark an offset finished; return the offset to store (next to read) if the partition can advance."""
@@ -64,17 +79,30 @@ class OffsetTracker:
             self._highest_done[tp] = max(self._highest_done.get(tp, -1), offset)
             # Records of a partition arrive in offset order, so everything below the lowest one still in flight
             # is finished: that is the next offset to read after a restart.
-            return min(pending) if pending else self._highest_done[tp] + 1
+            if not pending:
+                self._finished.pop(tp, None)
+                return self._highest_done[tp] + 1
+            lowest = min(pending)
+            finished = self._finished[tp]
+            finished.add(offset)
+            finished.difference_update([o for o in finished if o < lowest])
+            return lowest
 
     def count(self, partitions: set[TopicPartitionKey] | None = None) -> int:
+        """Records consumed and not yet committable: in flight, or finished above a lower one still in flight."""
         with self._lock:
-            return sum(len(v) for tp, v in self._in_flight.items() if partitions is None or tp in partitions)
+            return sum(
+                len(pending) + len(self._finished.get(tp, ()))
+                for tp, pending in self._in_flight.items()
+                if partitions is None or tp in partitions
+            )
 
     def forget(self, partitions: set[TopicPartitionKey]) -> None:
         """Stop tracking partitions (revoked or lost): late completions for them are ignored."""
         with self._lock:
             for tp in partitions:
                 self._in_flight.pop(tp, None)
+                self._finished.pop(tp, None)
                 self._highest_done.pop(tp, None)
 
 
@@ -129,6 +157,7 @@ class Worker:
         self._model_queue: queue.Queue[PendingSegmentation | None] = queue.Queue()
         self._assigned: set[TopicPartitionKey] = set()
         self._paused = False
+        self._commit_due = False  # offsets were stored since the last commit
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self.ready = threading.Event()  # set once partitions are assigned
@@ -175,6 +204,7 @@ class Worker:
             log.info("worker %s consuming %s as group %s", self.processor.worker_id, kafka.input_topic, kafka.group_id)
             while not self._stop.is_set():
                 self._pump()
+                self._commit_stored()
                 self._apply_backpressure()
                 message = consumer.poll(0.05)
                 self.last_poll = time.monotonic()
@@ -249,6 +279,13 @@ class Worker:
 
     def _run_batch(self, batch: list[PendingSegmentation]) -> None:
         """One model call; outcomes go to the publisher as each becomes final. Never raises."""
+        # Work of partitions handed back meanwhile is skipped: its new owner answers it, and releasing the dedup
+        # claim now spares the new owner a wait for a result this worker would only throw away.
+        for pending in [p for p in batch if not self._ours(p.record)]:
+            self.processor.abandon(pending)
+        batch = [p for p in batch if self._ours(p.record)]
+        if not batch:
+            return
         emitted: set[int] = set()
 
         def emit(outcome: Outcome) -> None:
@@ -272,8 +309,31 @@ class Worker:
                 outcome = self._completed.get_nowait()
             except queue.Empty:
                 break
+            if not self._ours(outcome.record):
+                # Its partition was revoked or lost before the work finished and was handed back uncommitted: the
+                # new owner answers it (from the dedup cache when this worker stored the result), so publishing it
+                # here too would only add a duplicate.
+                log.info("not publishing %s: its partition was handed back", outcome.result.request_id)
+                continue
             self._publish(_Publication(outcome))
         self._producer.poll(0)
+
+    def _ours(self, record: InboundRecord) -> bool:
+        return self.tracker.is_pending((record.topic, record.partition), record.offset)
+
+    def _commit_stored(self) -> None:
+        """Commit stored offsets now instead of at the next auto-commit tick (asynchronously, off the hot path).
+
+        After a kill -9 the group redelivers everything above the committed offsets; committing as soon as results
+        are delivered keeps that to what was in flight, rather than up to a second's worth of delivered results.
+        """
+        if not self._commit_due or self._consumer is None:
+            return
+        self._commit_due = False
+        try:
+            self._consumer.commit(asynchronous=True)
+        except KafkaException as exc:  # nothing stored for our partitions any more, or mid-rebalance
+            log.debug("commit: %s", exc)
 
     def _publish(self, publication: _Publication) -> None:
         assert self._producer is not None
@@ -295,17 +355,23 @@ class Worker:
             targets.append((topic, self.codec.encode_dead_letter(outcome.dead_letter, topic)))
         publication.waiting = len(targets)
         for topic, value in targets:
-            self._produce(topic, key, value, publication)
+            self._produce(topic, key, value, publication, best_effort=topic == outcome.reply_to)
 
-    def _produce(self, topic: str, key: bytes, value: bytes, publication: _Publication) -> None:
+    def _produce(
+        self, topic: str, key: bytes, value: bytes, publication: _Publication, *, best_effort: bool = False
+    ) -> None:
+        """Produce until delivered. A reply topic is best effort: its gateway may be gone (and its topic deleted),
+        and the output topic holds the same result, so a failed reply never holds back the offset."""
         assert self._producer is not None
 
         def delivered(error: KafkaError | None, _message: Message) -> None:
-            if error is not None:
+            if error is not None and not best_effort:
                 self.stats.delivery_retries += 1
                 log.warning("delivery to %s failed (%s): retrying", topic, error)
                 self._produce(topic, key, value, publication)
                 return
+            if error is not None:
+                log.warning("reply to %s not delivered (%s): the output topic has the result", topic, error)
             publication.waiting -= 1
             if publication.waiting == 0:
                 self._published(publication.outcome)
@@ -348,6 +414,7 @@ class Worker:
         if next_offset is not None and self._consumer is not None:
             try:
                 self._consumer.store_offsets(offsets=[TopicPartition(record.topic, record.partition, next_offset)])
+                self._commit_due = True
             except KafkaException as exc:  # partition no longer ours: the new owner redoes it
                 log.info("could not store offset %s:%s@%s: %s", record.topic, record.partition, next_offset, exc)
 
@@ -381,9 +448,19 @@ class Worker:
         self.ready.set()
         log.info("assigned %s", sorted(self._assigned))
 
+    def _revoke_timeout(self) -> float:
+        """How long a revocation may wait for in-flight work of the revoked partitions.
+
+        The whole group's rebalance waits for this callback, and a member that does not rejoin within the rebalance
+        timeout (max.poll.interval.ms) is expelled, which starts another rebalance: so at most half of it. What is
+        not finished by then is handed back uncommitted.
+        """
+        return min(self.settings.worker.shutdown_timeout_s, self.settings.kafka.max_poll_interval_ms / 2000.0)
+
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         revoked = {(tp.topic, tp.partition) for tp in partitions}
-        finished = self._drain(revoked, self.settings.worker.shutdown_timeout_s)
+        log.info("revoked %s", sorted(revoked))
+        finished = self._drain(revoked, self._revoke_timeout())
         if not finished:
             log.warning("handing back %d unfinished records of %s", self.tracker.count(revoked), sorted(revoked))
         try:

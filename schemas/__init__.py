@@ -18,6 +18,7 @@ from .avro import (
     encode_request,
     encode_result,
     peek_request_envelope,
+    result_from_dict,
     result_to_dict,
     schema_text,
 )
@@ -73,6 +74,7 @@ __all__ = [
     "peek_request_envelope",
     "prompts_from_lists",
     "request_headers",
+    "result_from_dict",
     "result_to_dict",
     "schema_text",
 ]

@@ -340,6 +340,18 @@ def result_to_dict(msg: SegmentResultMessage) -> dict[str, Any]:
     return _result_record(msg)
 
 
+def result_from_dict(record: dict[str, Any]) -> SegmentResultMessage:
+    """The inverse of :func:`result_to_dict`: a result from its JSON form (what ``segpipe results --format json``
+    prints), e.g. to draw it later with ``segpipe render``.
+
+    Raises :class:`MalformedRequestError` when a field is missing or unusable (a result printed with
+    ``--no-masks`` has no ``rle`` or ``polygons`` and cannot be read back).
+    """
+    if not isinstance(record, dict):
+        raise MalformedRequestError(f"SegmentResult: expected a JSON object, got {type(record).__name__}")
+    return _convert("SegmentResult", _result_from_record, record)
+
+
 # --- DeadLetter ----------------------------------------------------------------------------------------------------
 
 
@@ -395,6 +407,7 @@ __all__ = [
     "encode_request",
     "encode_result",
     "peek_request_envelope",
+    "result_from_dict",
     "result_to_dict",
     "schema_text",
 ]

@@ -134,8 +134,11 @@ class WorkerSettings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
 
     max_workers: int = Field(
-        8, ge=1, le=1024, description="images in flight per worker; also the decode threads. >= 2 x BATCH_SIZE lets "
-        "the next batch decode while the current one runs"
+        8,
+        ge=1,
+        le=1024,
+        description="images in flight per worker; also the decode threads. >= 2 x BATCH_SIZE lets "
+        "the next batch decode while the current one runs",
     )
     batch_size: int = Field(4, ge=1, le=256, description="micro-batch: most images per model call")
     batch_timeout_ms: int = Field(20, ge=0, le=10_000, description="micro-batch: longest wait to fill a batch")

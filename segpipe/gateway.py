@@ -67,7 +67,7 @@ from segpipe.kafka import ensure_topics, make_admin, make_consumer, make_produce
 
 __all__ = ["Gateway", "GatewayError", "GatewaySettings", "create_app", "main", "result_to_api"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("segpipe.gateway")  # not __name__: "__main__" under python -m
 
 #: HTTP status for each error code a result (or the gateway itself) can carry; unknown codes are 500.
 STATUS_BY_CODE: dict[str, int] = {
@@ -86,6 +86,7 @@ STATUS_BY_CODE: dict[str, int] = {
 
 _TOPIC_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 _POLL_S = 0.2
+_STATS_INTERVAL_MS = 1000
 #: Room left in a Kafka message for the Avro request's other fields and headers besides the image.
 _REQUEST_FIELDS_BYTES = 64 * 1024
 #: Finished request ids remembered to tell a late result (timed out, duplicate) from one for an unknown id.
@@ -165,6 +166,8 @@ class Gateway:
         self._consumer: Consumer | None = None
         self._threads: list[threading.Thread] = []
         self._consumer_error: str | None = None
+        # (monotonic time, broker name -> state) from the reply consumer's latest statistics; see health().
+        self._consumer_stats: tuple[float, dict[str, str]] | None = None
 
     # --- life cycle ------------------------------------------------------------------------------------------------
 
@@ -188,10 +191,18 @@ class Gateway:
         self._producer = SegmentationProducer(
             self.kafka, producer=self._raw_producer, codec=self.codec, keep_history=False
         )
+        # Statistics (served by the reply thread's poll) say whether this consumer holds a live broker connection:
+        # asking it for metadata from another thread would queue behind its fetch on some brokers (tansu).
         consumer = make_consumer(
             self.kafka,
             f"segpipe-gateway-{self.settings.instance_id}",
-            **{"enable.auto.commit": False, "enable.partition.eof": False, "auto.offset.reset": "latest"},
+            **{
+                "enable.auto.commit": False,
+                "enable.partition.eof": False,
+                "auto.offset.reset": "latest",
+                "statistics.interval.ms": _STATS_INTERVAL_MS,
+                "stats_cb": self._on_consumer_stats,
+            },
         )
         # Start at the current end, read explicitly: every reply produced after start-up is seen, and replies a
         # previous gateway of the same instance id left behind are not.
@@ -204,6 +215,10 @@ class Gateway:
         ]
         for thread in self._threads:
             thread.start()
+        # The first statistics arrive within a second: wait for them so /health is ok once the server listens.
+        deadline = time.monotonic() + 5 * _STATS_INTERVAL_MS / 1000
+        while self._consumer_stats is None and time.monotonic() < deadline:
+            time.sleep(0.05)
         log.info(
             "gateway %s ready: requests to %s, replies on %s",
             self.settings.instance_id,
@@ -240,7 +255,8 @@ class Gateway:
 
     def _delete_reply_topic(self) -> None:
         try:
-            futures = make_admin(self.kafka).delete_topics([self.reply_topic], operation_timeout=5, request_timeout=5)
+            admin = make_admin(self.kafka)  # keep a reference: a collected client fails its futures (_DESTROY)
+            futures = admin.delete_topics([self.reply_topic], operation_timeout=5, request_timeout=5)
             for future in futures.values():
                 future.result(timeout=self.settings.shutdown_timeout_s)
             log.info("deleted reply topic %s", self.reply_topic)
@@ -284,6 +300,16 @@ class Gateway:
                 log.warning("dropping an undecodable reply at offset %d: %s", record.offset(), exc.message)
                 continue
             self._dispatch(result)
+
+    def _on_consumer_stats(self, stats_json: str) -> None:
+        """Keep the reply consumer's broker connection states (librdkafka statistics, every second)."""
+        try:
+            brokers = json.loads(stats_json).get("brokers", {})
+            states = {str(name): str(broker.get("state")) for name, broker in brokers.items()}
+        except (ValueError, AttributeError) as exc:
+            log.debug("unreadable consumer statistics: %s", exc)
+            return
+        self._consumer_stats = (time.monotonic(), states)
 
     def _dispatch(self, result: SegmentResultMessage) -> None:
         with self._lock:
@@ -396,28 +422,13 @@ class Gateway:
                     self._recent.popitem(last=False)
 
     async def health(self) -> tuple[bool, dict[str, Any]]:
-        """Whether the producer and the reply consumer reach the broker (metadata within ``health_timeout_s``)."""
-        timeout = self.settings.health_timeout_s
+        """Whether the producer and the reply consumer are connected.
 
-        def probe(client: Producer | Consumer | None, topic: str) -> str:
-            if client is None:
-                return "not started"
-            try:
-                metadata = client.list_topics(topic, timeout=timeout).topics.get(topic)
-            except (KafkaException, RuntimeError) as exc:
-                return f"broker unreachable: {exc}"
-            if metadata is None or metadata.error is not None or not metadata.partitions:
-                reason = "missing" if metadata is None or metadata.error is None else metadata.error.str()
-                return f"topic {topic}: {reason}"
-            return "ok"
-
-        producer_state, consumer_state = await asyncio.gather(
-            asyncio.to_thread(probe, self._raw_producer, self.kafka.input_topic),
-            asyncio.to_thread(probe, self._consumer, self.reply_topic),
-        )
-        alive = all(thread.is_alive() for thread in self._threads) and bool(self._threads)
-        if not alive or self._consumer_error is not None:
-            consumer_state = f"reply consumer stopped: {self._consumer_error or 'thread not running'}"
+        The producer must fetch the input and reply topics' metadata within ``health_timeout_s``; the reply
+        consumer must be polling (its thread alive, statistics fresh) with a broker connection up.
+        """
+        producer_state = await asyncio.to_thread(self._probe_producer)
+        consumer_state = self._consumer_state()
         with self._lock:
             counters = dict(self.counters)
             in_flight = len(self._pending)
@@ -432,27 +443,60 @@ class Gateway:
         }
         return producer_state == "ok" and consumer_state == "ok", details
 
+    def _probe_producer(self) -> str:
+        producer = self._raw_producer
+        if producer is None:
+            return "not started"
+        deadline = time.monotonic() + self.settings.health_timeout_s
+        for topic in (self.kafka.input_topic, self.reply_topic):
+            try:
+                timeout = max(deadline - time.monotonic(), 0.05)
+                metadata = producer.list_topics(topic, timeout=timeout).topics.get(topic)
+            except (KafkaException, RuntimeError) as exc:
+                return f"broker unreachable: {exc}"
+            if metadata is None or metadata.error is not None or not metadata.partitions:
+                return f"topic {topic} unavailable: {'missing' if metadata is None else metadata.error}"
+        return "ok"
+
+    def _consumer_state(self) -> str:
+        if not self._threads or not all(thread.is_alive() for thread in self._threads):
+            return f"stopped: {self._consumer_error or 'thread not running'}"
+        stats = self._consumer_stats
+        if stats is None:
+            return "starting: no statistics yet"
+        age = time.monotonic() - stats[0]
+        if age > max(3 * _STATS_INTERVAL_MS / 1000, self.settings.health_timeout_s):
+            return f"stuck: no statistics for {age:.1f} s"
+        states = {name: state for name, state in stats[1].items() if name != "GroupCoordinator"}
+        if not any(state == "UP" for state in states.values()):
+            return f"not connected: {states}"
+        return "ok"
+
 
 # --- HTTP ----------------------------------------------------------------------------------------------------------
 
 
-def _number(value: float) -> float | int | None:
-    """JSON-safe number: integral floats as ints (bbox as the original API wrote it), non-finite as null."""
+def _score(value: float) -> float | None:
+    """A JSON-safe float: NaN and infinities (which strict JSON has no words for) become null."""
     number = float(value)
-    if not math.isfinite(number):
-        return None
-    return int(number) if number.is_integer() else number
+    return number if math.isfinite(number) else None
+
+
+def _coordinate(value: float) -> float | int | None:
+    """A JSON-safe coordinate: integral values as ints, as the original API wrote pixel coordinates."""
+    number = _score(value)
+    return int(number) if number is not None and number.is_integer() else number
 
 
 def result_to_api(result: SegmentResultMessage) -> dict[str, Any]:
     """An ``ok`` result in the original API's shape, plus the keys old clients ignore."""
     masks = [
         {
-            "segmentation": [[_number(v) for v in polygon] for polygon in mask.polygons],
+            "segmentation": [[_coordinate(v) for v in polygon] for polygon in mask.polygons],
             "area": int(mask.area),
-            "bbox": [_number(v) for v in mask.bbox],
-            "predicted_iou": _number(mask.predicted_iou),
-            "stability_score": _number(mask.stability_score),
+            "bbox": [_coordinate(v) for v in mask.bbox],
+            "predicted_iou": _score(mask.predicted_iou),
+            "stability_score": _score(mask.stability_score),
             "rle": {"size": [int(v) for v in mask.rle.size], "counts": mask.rle.counts},
         }
         for mask in result.masks
@@ -466,7 +510,7 @@ def result_to_api(result: SegmentResultMessage) -> dict[str, Any]:
         "fallback_reason": None if result.fallback_reason is None else str(result.fallback_reason),
         "cached": bool(result.cached),
         "image_size": {"width": result.width, "height": result.height},
-        "timings_ms": {key: _number(value) for key, value in result.timings_ms.items()},
+        "timings_ms": {key: _score(value) for key, value in result.timings_ms.items()},
     }
 
 
@@ -513,7 +557,14 @@ def _params(fields: Mapping[str, Any]) -> SegmentParams:
 
 
 async def _read_body(request: Request, max_part_bytes: int) -> tuple[bytes | str, dict[str, Any]]:
-    """The image (bytes of an uploaded file, or base64 text) and the other fields, from JSON or a form."""
+    """The image (bytes of an uploaded file, or base64 text) and the other fields, from JSON or a form.
+
+    A body announced larger than ``max_part_bytes`` is refused before it is read: it could not fit in a Kafka
+    message anyway, and reading it would only cost the gateway memory.
+    """
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > max_part_bytes:
+        raise GatewayError("image_too_large", f"the request body is {length} bytes; at most {max_part_bytes} are read")
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     fields: dict[str, Any]
     if content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):

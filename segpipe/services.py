@@ -14,10 +14,11 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -29,6 +30,7 @@ __all__ = [
     "FAST_GROUP_CONFIG",
     "LocalKafka",
     "LocalRedis",
+    "LocalS3",
     "RedisServerNotFound",
     "create_topics",
     "delete_topics",
@@ -38,6 +40,7 @@ __all__ = [
     "local_redis",
     "start_kafka",
     "start_redis",
+    "start_s3",
     "tansu_binary",
 ]
 
@@ -146,9 +149,15 @@ class LocalKafka:
             self._log_file.close()
             self._log_file = None
 
-    def restart(self) -> None:
-        """Stop and start again on the same port; with ``memory://`` storage all topics and offsets are gone."""
+    def restart(self, down_for: float = 0.0) -> None:
+        """Stop and start again on the same port, after ``down_for`` seconds of outage.
+
+        With ``memory://`` storage all topics and offsets are gone; with ``s3://`` storage (see :class:`LocalS3`)
+        they survive.
+        """
         self.stop()
+        if down_for > 0:
+            time.sleep(down_for)
         self._launch()
 
     def _launch(self) -> None:
@@ -440,6 +449,126 @@ def local_redis(**kw: Any) -> Iterator[LocalRedis]:
         yield server
     finally:
         server.stop()
+
+
+# --------------------------------------------------------------------------------------------------- S3
+
+
+@dataclass
+class LocalS3:
+    """A moto S3 server on loopback (``moto[server]``, the test extra), for tansu's ``s3://`` storage engine.
+
+    Unlike ``memory://``, a broker on S3 storage keeps its topics, records and committed offsets across
+    :meth:`LocalKafka.restart`, which is what a broker-outage test needs. moto keeps the objects in its own memory:
+    stopping this server loses them. Start the broker with ``env=server.env()`` after :meth:`create_bucket`.
+    """
+
+    endpoint: str
+    port: int
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    region: str = "us-east-1"
+    ready_timeout: float = 30.0
+    _log_file: IO[bytes] | None = field(default=None, repr=False)
+
+    def env(self) -> dict[str, str]:
+        """What tansu (object_store) reads to reach this server; the credentials are moto's dummies."""
+        return {
+            "AWS_ACCESS_KEY_ID": "segpipe-test",
+            "AWS_SECRET_ACCESS_KEY": "segpipe-test",
+            "AWS_DEFAULT_REGION": self.region,
+            "AWS_ENDPOINT": self.endpoint,
+            "AWS_ALLOW_HTTP": "true",
+        }
+
+    def create_bucket(self, name: str) -> None:
+        """Create a bucket (tansu does not create its own); an existing one is accepted."""
+        import boto3  # comes with moto
+
+        env = self.env()
+        client = boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+            region_name=self.region,
+        )
+        with suppress(client.exceptions.BucketAlreadyOwnedByYou):
+            client.create_bucket(Bucket=name)
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL after a timeout). Safe to call more than once."""
+        _stop_process(self.process)
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def _launch(self) -> None:
+        cmd = [sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(self.port)]
+        log_file = self.log_path.open("ab")
+        try:
+            self.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT)
+        except BaseException:
+            log_file.close()
+            raise
+        self._log_file = log_file
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self) -> None:
+        import urllib.error
+        import urllib.request
+
+        deadline = time.monotonic() + self.ready_timeout
+        while True:
+            if self.process.poll() is not None:
+                raise _ExitedEarly(
+                    f"moto S3 server on {self.endpoint} exited with code {self.process.returncode}; "
+                    f"log {self.log_path}:\n{_log_tail(self.log_path)}"
+                )
+            try:
+                with urllib.request.urlopen(self.endpoint, timeout=1):
+                    return
+            except (urllib.error.URLError, OSError):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"moto S3 server on {self.endpoint} did not answer within {self.ready_timeout} s; "
+                        f"log {self.log_path}:\n{_log_tail(self.log_path)}"
+                    ) from None
+                time.sleep(0.1)
+
+
+def start_s3(*, port: int | None = None, log_dir: Path | None = None, ready_timeout: float = 30.0) -> LocalS3:
+    """Start a moto S3 server (``python -m moto.server``) and return once it answers HTTP.
+
+    Needs ``moto[server]`` (in the ``test`` extra); raises ``ModuleNotFoundError`` when it is missing.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("moto") is None:
+        raise ModuleNotFoundError("moto is not installed: pip install 'moto[server]' (in the test extra)")
+    log_dir = Path(log_dir) if log_dir is not None else Path(tempfile.mkdtemp(prefix="segpipe-s3-"))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    attempts = 1 if port is not None else 3
+    for attempt in range(attempts):
+        p = port if port is not None else free_port()
+        server = LocalS3(
+            endpoint=f"http://{HOST}:{p}",
+            port=p,
+            process=None,  # type: ignore[arg-type]  # set by _launch
+            log_path=log_dir / f"moto-{p}.log",
+            ready_timeout=ready_timeout,
+        )
+        try:
+            server._launch()
+            return server
+        except _ExitedEarly:
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 # --------------------------------------------------------------------------------------------------- Docker

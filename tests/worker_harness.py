@@ -96,6 +96,7 @@ def worker_environment(
         "BATCH_SIZE": "4",
         "LOG_LEVEL": "INFO",
         "OMP_NUM_THREADS": "1",  # two workers share two cores
+        "METRICS_PORT": "0",  # several workers (and test sessions) share this machine: none may claim port 9100
     }
 
 

@@ -17,7 +17,7 @@ from PIL import Image
 from pipeline.errors import InvalidParametersError, InvalidPromptError
 from pipeline.image_io import decode_image
 from pipeline.types import ModelChoice, Prompts, SegmentParams
-from producers import IMAGE_EXTENSIONS, Delivery, PublishError, SegmentationProducer
+from producers import IMAGE_EXTENSIONS, Delivery, Failure, PublishError, SegmentationProducer
 from schemas import FORMAT_AVRO, FORMAT_HEADER, decode_request, parse_bare_request
 from segpipe.config import KafkaSettings
 from segpipe.kafka import make_producer
@@ -302,3 +302,29 @@ def test_context_manager_does_not_mask_the_original_error() -> None:
         producer.publish(b"img")
         raise KeyError("boom")
     assert [f.request_id for f in producer.failures] != []
+
+
+def test_on_delivery_reports_each_request_and_history_can_be_off(settings: KafkaSettings) -> None:
+    """What the gateway relies on: a per-request outcome callback, and no ever-growing history in a service."""
+    producer = SegmentationProducer(settings, keep_history=False)
+    outcomes: list[Delivery | Failure] = []
+    request_id = producer.publish(b"img", on_delivery=outcomes.append)
+    assert producer.flush() == []  # delivered, but not kept
+    assert [(o.request_id, type(o)) for o in outcomes] == [(request_id, Delivery)]
+    assert producer.deliveries == [] and producer.in_flight == 0
+    producer.close()
+
+    unreachable = KafkaSettings(bootstrap_servers=f"127.0.0.1:{free_port()}", input_topic="nowhere")
+    client = make_producer(unreachable, **{"message.timeout.ms": 500, "log_level": 0})
+    failing = SegmentationProducer(unreachable, producer=client)
+
+    def raising(_outcome: Delivery | Failure) -> None:
+        raise RuntimeError("a broken callback must not break delivery reporting")
+
+    failed_id = failing.publish(b"img", on_delivery=outcomes.append)
+    failing.publish(b"img", on_delivery=raising)
+    with pytest.raises(PublishError):
+        failing.flush(timeout=15)
+    assert isinstance(outcomes[-1], Failure) and outcomes[-1].request_id == failed_id
+    assert len(failing.failures) == 2, "history is kept by default"
+    failing.close()

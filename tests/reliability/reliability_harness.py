@@ -74,9 +74,11 @@ class Publisher:
             }
         )
 
-    def send(self, record: Record) -> None:
+    def send(self, record: Record, partition: int | None = None) -> None:
+        """Produce one record (to ``partition`` when given, else by key hash); delivery is recorded, not awaited."""
         key, value, headers = record
         request_id = (key or b"").decode()
+        where = {} if partition is None else {"partition": partition}
 
         def delivered(error: KafkaError | None, message: Message) -> None:
             if error is not None:
@@ -86,7 +88,9 @@ class Publisher:
 
         while True:
             try:
-                self._producer.produce(self.topic, key=key, value=value, headers=headers, on_delivery=delivered)
+                self._producer.produce(
+                    self.topic, key=key, value=value, headers=headers, on_delivery=delivered, **where
+                )
                 break
             except BufferError:
                 self._producer.poll(0.1)
@@ -116,10 +120,16 @@ class Seen:
 
     value: bytes
     timestamp_ms: int
+    partition: int
+    offset: int
 
 
 class TopicFollower:
-    """Reads a topic from the beginning on a background thread, so a test can watch results arrive while it acts."""
+    """Reads a topic from the beginning on a background thread, so a test can watch results arrive while it acts.
+
+    Records are kept by (partition, offset): when the follower re-reads after a broker restart (its uncommitted
+    group position is gone), a record read twice is still one record, not a duplicate result.
+    """
 
     def __init__(self, bootstrap: str, topic: str) -> None:
         self._consumer = Consumer(
@@ -133,7 +143,7 @@ class TopicFollower:
             | FAST_GROUP_CONFIG
         )
         self._consumer.subscribe([topic])
-        self._seen: list[Seen] = []
+        self._seen: dict[tuple[int, int], Seen] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"follow-{topic}", daemon=True)
@@ -145,14 +155,15 @@ class TopicFollower:
                 message = self._consumer.poll(0.2)
                 if message is None or message.error():
                     continue
+                seen = Seen(message.value(), message.timestamp()[1], message.partition(), message.offset())
                 with self._lock:
-                    self._seen.append(Seen(message.value(), message.timestamp()[1]))
+                    self._seen.setdefault((seen.partition, seen.offset), seen)
         finally:
             self._consumer.close()
 
     def snapshot(self) -> list[Seen]:
         with self._lock:
-            return list(self._seen)
+            return sorted(self._seen.values(), key=lambda seen: (seen.partition, seen.offset))
 
     def results(self) -> list[SegmentResultMessage]:
         return [decode_result(seen.value) for seen in self.snapshot()]

@@ -39,6 +39,7 @@ KILLS = 10
 DISTINCT = 250
 REPEATS = 50
 SEED = 20261124
+PUBLISH_INTERVAL_S = 0.4
 
 
 def _max_in_flight(max_workers: int, batch_size: int) -> int:
@@ -65,21 +66,31 @@ def test_ten_sigkills_lose_nothing_and_bound_duplicates(
     records = [avro_record(f"req-{i:03d}", noise_image(seed, 96, 128)) for i, seed in enumerate(seeds)]
     publisher = Publisher(kafka.bootstrap, topics.input)
 
-    def publish() -> None:  # a steady stream, so every kill lands on a worker with work in flight
+    def publish() -> None:  # a steady stream over the whole chaos, so every kill lands on a busy worker
         for record in records:
             publisher.send(record)
-            time.sleep(0.17)
+            time.sleep(PUBLISH_INTERVAL_S)
         publisher.flush()
 
     feeder = threading.Thread(target=publish, name="publisher")
     started = time.monotonic()
     feeder.start()
-    kills: list[tuple[float, str]] = []
+    kills: list[dict[str, object]] = []
     for _ in range(KILLS):
-        time.sleep(rng.uniform(2.0, 6.0))
+        # A random moment once the previous replacement is consuming: killing a worker that is still importing
+        # torch would test nothing.
+        for worker in workers:
+            worker.wait_assigned(120)
+        time.sleep(rng.uniform(1.0, 5.0))
         victim = rng.choice([w for w in workers if w.process.poll() is None])
         victim.kill()
-        kills.append((round(time.monotonic() - started, 1), victim.env["WORKER_ID"]))
+        kills.append(
+            {
+                "at_s": round(time.monotonic() - started, 1),
+                "worker": victim.env["WORKER_ID"],
+                "results_published_before": victim.log().count("INFO __main__: result "),
+            }
+        )
         workers.remove(victim)
         workers.append(launcher(topics))
     feeder.join()
@@ -87,6 +98,8 @@ def test_ten_sigkills_lose_nothing_and_bound_duplicates(
     results.wait_request_ids(request_ids, timeout=420)
     finished = time.monotonic() - started
 
+    for worker in workers:  # the last replacement may still be starting: SIGTERM before its handler is default
+        worker.wait_assigned(120)
     exit_codes = [worker.stop(120) for worker in workers]
     time.sleep(3)  # late copies, if any, are counted too
     everything = results.results()
@@ -101,15 +114,17 @@ def test_ten_sigkills_lose_nothing_and_bound_duplicates(
     by_id: dict[str, list[SegmentResultMessage]] = defaultdict(list)
     for result in everything:
         by_id[result.request_id].append(result)
-    cached_copies = recomputed_copies = 0
+    served_from_cache = recomputed = 0  # per duplicated request: did a copy come from Redis, or were all computed?
     for request_id in extra:
         copies = by_id[request_id]
         first = copies[0]
         for copy in copies[1:]:
             assert copy.masks == first.masks, f"{request_id}: a duplicate carries other masks"
             assert (copy.model, copy.image_sha256) == (first.model, first.image_sha256)
-        cached_copies += sum(1 for c in copies if c.cached)
-        recomputed_copies += sum(1 for c in copies if not c.cached) - 1
+        if any(c.cached for c in copies):
+            served_from_cache += 1
+        else:
+            recomputed += 1  # equal masks from two model runs: the models are deterministic on CPU
     total_extra = sum(extra.values())
     assert total_extra <= KILLS * bound_per_kill, (total_extra, KILLS, bound_per_kill)
 
@@ -126,8 +141,8 @@ def test_ten_sigkills_lose_nothing_and_bound_duplicates(
         duplicated_requests=len(extra),
         extra_results=total_extra,
         duplicate_bound=KILLS * bound_per_kill,
-        duplicates_served_from_cache=cached_copies,
-        duplicates_recomputed=recomputed_copies,
+        duplicates_with_a_cached_copy=served_from_cache,
+        duplicates_all_recomputed=recomputed,
         kills=kills,
         seconds=round(finished, 1),
         crashes=0,

@@ -8,13 +8,15 @@ their own that they stop.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +31,7 @@ from pipeline.types import RLE, ModelName
 from schemas import ErrorInfo, SegmentResultMessage
 from segpipe.config import KafkaSettings
 from segpipe.gateway import STATUS_BY_CODE, Gateway, GatewaySettings, result_to_api
+from segpipe.kafka import make_admin
 from segpipe.services import LocalKafka, LocalRedis, create_topics, delete_topics, free_port, start_kafka
 
 pytestmark = pytest.mark.slow
@@ -79,6 +82,12 @@ class GatewayProcess:
                 self.process.kill()
                 self.process.wait()
         return self.process.returncode
+
+    def assert_stops_cleanly(self, timeout: float = 30.0) -> None:
+        """After a graceful shutdown uvicorn re-raises the signal it caught, so the status is -SIGTERM, not 0."""
+        code = self.stop(timeout)
+        assert code in (0, -signal.SIGTERM), f"exit status {code}:\n{self.log()[-3000:]}"
+        assert "Application shutdown complete" in self.log(), self.log()[-3000:]
 
 
 def launch_gateway(env: dict[str, str], log_path: Path) -> GatewayProcess:
@@ -234,10 +243,28 @@ def test_corrupt_image_error_comes_from_the_worker(stack: Stack) -> None:
     assert response.json()["request_id"], "an error the worker answered names its request"
 
 
-def test_non_json_body_is_malformed_request(stack: Stack) -> None:
+def test_non_json_body_is_malformed_request_and_a_huge_one_is_refused_unread(stack: Stack) -> None:
     response = httpx.post(f"{stack.gateway.url}/segment", content=b"{not json", timeout=30)
     assert response.status_code == 400
     assert response.json()["code"] == "malformed_request"
+    # Only the headers of a body too big to accept are sent (httpx refuses to lie about Content-Length): the
+    # gateway must answer without waiting for the body.
+    limit = 2 * KafkaSettings().message_max_bytes
+    host, port = stack.gateway.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as conn:
+        conn.sendall(
+            b"POST /segment HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {limit + 1}\r\nConnection: close\r\n\r\n".encode()
+        )
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert status_line.split()[1] == b"413", answer
+    assert json.loads(rest.partition(b"\r\n\r\n")[2])["code"] == "image_too_large"
 
 
 def test_health_is_ok_with_details(stack: Stack) -> None:
@@ -251,10 +278,10 @@ def test_health_is_ok_with_details(stack: Stack) -> None:
 
 
 def test_timeout_is_a_504_and_shutdown_deletes_the_reply_topic(
-    kafka: LocalKafka, topic_factory: object, tmp_path: Path
+    kafka: LocalKafka, topic_factory: Callable[..., str], tmp_path: Path
 ) -> None:
-    """No worker reads the input topic: the request times out after GATEWAY_TIMEOUT_S; its late reply is dropped."""
-    input_topic = topic_factory("gw-nobody", partitions=1)  # type: ignore[operator]
+    """No worker reads the input topic: the request times out after GATEWAY_TIMEOUT_S (2 s) with a 504."""
+    input_topic = topic_factory("gw-nobody", partitions=1)
     instance = f"timeout-{uuid.uuid4().hex[:8]}"
     env = {
         **os.environ,
@@ -273,11 +300,9 @@ def test_timeout_is_a_504_and_shutdown_deletes_the_reply_topic(
         assert response.json()["code"] == "timeout" and response.json()["success"] is False
         assert 2.0 <= elapsed < 10.0
     finally:
-        assert gateway.stop() == 0, gateway.log()[-3000:]
-    metadata = KafkaSettings(bootstrap_servers=kafka.bootstrap)
-    from segpipe.kafka import make_admin
-
-    assert f"segpipe.replies.{instance}" not in make_admin(metadata).list_topics(timeout=10).topics
+        gateway.assert_stops_cleanly()
+    topics = make_admin(KafkaSettings(bootstrap_servers=kafka.bootstrap)).list_topics(timeout=10).topics
+    assert f"segpipe.replies.{instance}" not in topics, "the reply topic is deleted at shutdown"
 
 
 def test_broker_down_is_a_503(tmp_path: Path) -> None:
@@ -303,7 +328,7 @@ def test_broker_down_is_a_503(tmp_path: Path) -> None:
             assert health.status_code == 503 and health.json()["status"] == "unavailable"
             assert health.json()["producer"] != "ok"
         finally:
-            assert gateway.stop(timeout=60) == 0, gateway.log()[-3000:]
+            gateway.assert_stops_cleanly(timeout=60)
     finally:
         broker.stop()
 
