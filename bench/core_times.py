@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> None:
         ("sam2 point prompt (incl. image encoder)", point, SegmentParams(model=ModelChoice.SAM2), args.runs),
         ("sam2 everything 32x32 grid", None, SegmentParams(model=ModelChoice.SAM2), args.sam2_everything_runs),
     ):
+        if runs < 1:
+            continue
         ms, result = _median_ms(lambda p=prompts, q=params: segmenter.segment(image, p, q), runs)
         rows[name] = {"median_ms": round(ms, 1), "runs": runs, "masks": len(result.masks)}  # type: ignore[attr-defined]
         print(f"{name:<45} {ms:10.1f} ms  ({runs} runs, {rows[name]['masks']} masks)", flush=True)

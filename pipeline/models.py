@@ -196,18 +196,26 @@ class FastSAMModel:
     def _run(
         self, model: Any, batch: list[np.ndarray], *, conf: float, iou: float, imgsz: int, retina: bool, **prompts: Any
     ) -> list[Any]:
-        return model.predict(
-            batch,
-            predictor=self._predictor_class,
-            device=self.device,
-            conf=conf,
-            iou=iou,
-            imgsz=imgsz,
-            retina_masks=retina,
-            verbose=False,
-            save=False,
-            **prompts,
-        )
+        torch = _import_torch()
+        threads = torch.get_num_threads()
+        try:
+            return model.predict(
+                batch,
+                predictor=self._predictor_class,
+                device=self.device,
+                conf=conf,
+                iou=iou,
+                imgsz=imgsz,
+                retina_masks=retina,
+                verbose=False,
+                save=False,
+                **prompts,
+            )
+        finally:
+            # ultralytics' select_device sets torch to cpu_count - 1 threads ("for training"): one of two cores
+            # here. A worker owns its machine's cores, so put back what torch (or TORCH_NUM_THREADS) had.
+            if torch.get_num_threads() != threads:
+                torch.set_num_threads(threads)
 
 
 def _raw_masks(result: Any) -> list[RawMask]:
