@@ -50,6 +50,13 @@ class KafkaSettings(BaseSettings):
     heartbeat_interval_ms: int = Field(3_000, ge=100)
     max_poll_interval_ms: int = Field(300_000, ge=1000)
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    fetch_wait_max_ms: int = Field(
+        100,
+        ge=0,
+        le=10_000,
+        description="longest fetch wait; brokers that do not answer a waiting fetch on new data "
+        "(tansu) add up to this much latency per hop",
+    )
     extra_config: dict[str, Any] = Field(default_factory=dict, description="JSON: more librdkafka settings")
 
     @field_validator("extra_config", mode="before")
@@ -105,6 +112,7 @@ class KafkaSettings(BaseSettings):
             "partition.assignment.strategy": "cooperative-sticky",
             "fetch.max.bytes": max(self.message_max_bytes, 52_428_800),
             "max.partition.fetch.bytes": self.message_max_bytes,
+            "fetch.wait.max.ms": self.fetch_wait_max_ms,
         }
 
 
