@@ -14,11 +14,11 @@ import matplotlib.pyplot as plt
 from bench.harness import STAGES
 
 _LABELS = {
-    "a": "(a) bare loop",
-    "b": "(b) pipeline, 1 worker",
-    "c": "(c) dedup hits, burst",
-    "c_closed": "(c) hits, closed loop",
-    "d": "(d) pipeline, 2 workers",
+    "a": "(a) bare\nloop",
+    "b": "(b) pipeline\n1 worker",
+    "c": "(c) dedup hits\nburst",
+    "c_closed": "(c) dedup hits\nclosed loop",
+    "d": "(d) pipeline\n2 workers",
 }
 _STAGE_COLOURS = {
     "decode": "#8dd3c7",
@@ -28,6 +28,7 @@ _STAGE_COLOURS = {
     "fastsam": "#80b1d3",
     "sam2": "#fdb462",
     "postprocess": "#b3de69",
+    "batch_wait": "#d9d9d9",
     "kafka": "#fccde5",
 }
 
@@ -68,27 +69,35 @@ def _throughput(ax: Any, summary: dict[str, Any]) -> None:
     for bar, value in zip(bars, values, strict=True):
         ax.annotate(f"{value:.3g}", (bar.get_x() + bar.get_width() / 2, value), ha="center", va="bottom", fontsize=9)
     ratios = summary.get("ratios", {})
-    parts = [f"{k.replace('_over_', '/')} = {v:.3f}" for k, v in ratios.items() if _finite(v) and "_over_" in k]
-    ax.set_title("images/s" + (f"   ({', '.join(parts)})" if parts else ""), fontsize=10)
+    parts = [
+        f"{k.replace('_over_', '/')} = {ratios[k]:.3f}" for k in ("b_over_a", "d_over_b") if _finite(ratios.get(k))
+    ]
+    ax.set_title("images/s (log scale)" + (f"   {', '.join(parts)}" if parts else ""), fontsize=10)
     ax.set_yscale("log")
     ax.tick_params(axis="x", labelsize=8)
     ax.grid(axis="y", alpha=0.3)
 
 
 def _stages(ax: Any, summary: dict[str, Any]) -> None:
-    names = [k for k in ("a", "b", "c", "c_closed", "d") if summary.get(k)]
+    names = [k for k in ("a", "b", "c_closed", "d") if summary.get(k)]  # (c) burst: all Kafka wait, off scale
     left = [0.0] * len(names)
-    for stage in (*STAGES, "kafka"):
+    for stage in (*STAGES, "batch_wait", "kafka"):
         widths = [summary[k]["stages_ms"].get(stage) or 0.0 for k in names]
         if not any(widths):
             continue
         ax.barh([_LABELS[k] for k in names], widths, left=left, color=_STAGE_COLOURS[stage], label=stage)
         left = [a + b for a, b in zip(left, widths, strict=True)]
     for i, k in enumerate(names):
-        ax.annotate(f" wall {summary[k]['ms_per_image']:.0f} ms/img", (left[i], i), va="center", fontsize=8)
-    ax.set_xlabel("mean ms per image, by stage (kafka = end-to-end minus stages)")
-    ax.set_title("where the time goes (per request; queue = waiting for earlier batches)", fontsize=10)
-    ax.legend(fontsize=8, ncol=4, loc="lower right")
+        ax.annotate(
+            f" {left[i]:.0f} ms; 1/throughput {summary[k]['ms_per_image']:.0f} ms",
+            (left[i], i),
+            va="center",
+            fontsize=8,
+        )
+    ax.set_xlim(right=max(left) * 1.45)
+    ax.set_xlabel("mean ms per request, submitted -> result created (kafka = end-to-end minus the rest)")
+    ax.set_title("latency by stage (burst of all images; queue/batch_wait = other requests' turn)", fontsize=10)
+    ax.legend(fontsize=7, ncol=3, loc="upper right", bbox_to_anchor=(1.0, 0.45))  # beside the short (c) bar
     ax.invert_yaxis()
     ax.grid(axis="x", alpha=0.3)
 
@@ -99,17 +108,18 @@ def _curve(ax: Any, summary: dict[str, Any]) -> None:
         ax.text(0.5, 0.5, "scenario (e) not run", ha="center", va="center")
         ax.set_axis_off()
         return
-    sizes = [p["batch_size"] for p in curve]
+    sizes = [int(p["batch_size"]) for p in curve]
     ax.plot(sizes, [p["images_per_s"] for p in curve], "o-", label="segment_batch (e)")
     for p in curve:
-        ax.annotate(f"{p['images_per_s']:.3g}", (p["batch_size"], p["images_per_s"]), fontsize=8, va="bottom")
+        ax.annotate(f"{p['images_per_s']:.3g}", (int(p["batch_size"]), p["images_per_s"]), fontsize=8, va="bottom")
     if summary.get("a"):
         ax.axhline(summary["a"]["images_per_s"], ls="--", color="grey", label="per-image loop (a)")
     ax.set_xscale("log", base=2)
     ax.set_xticks(sizes, [str(s) for s in sizes])
     ax.set_xlabel("batch size")
     ax.set_ylabel("images/s")
-    ax.set_ylim(bottom=0)
+    top = max([p["images_per_s"] for p in curve] + [summary["a"]["images_per_s"] if summary.get("a") else 0.0])
+    ax.set_ylim(0, top * 1.2)
     ax.set_title("micro-batching vs the per-image loop", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
@@ -119,9 +129,12 @@ def _memory_or_latency(ax: Any, summary: dict[str, Any]) -> None:
     memory = summary.get("f")
     if memory and memory.get("samples"):
         samples = memory["samples"]
-        ax.plot([s["results"] for s in samples], [s["rss_mb"] for s in samples], label="worker RSS")
         rss = memory["rss_mb"]
+        ax.plot([s["results"] for s in samples], [s["rss_mb"] for s in samples], label="worker RSS")
         ax.axvline(memory["baseline_after_requests"], ls=":", color="grey", label="baseline taken")
+        for bound in (0.95, 1.05):  # the target band, so a flat line is not magnified into a slope
+            ax.axhline(rss["first"] * bound, ls="--", color="#c44e52", lw=0.8)
+        ax.set_ylim(rss["first"] * 0.9, rss["first"] * 1.1)
         ax.set_xlabel("results delivered")
         ax.set_ylabel("MiB")
         ax.set_title(
@@ -142,3 +155,17 @@ def _memory_or_latency(ax: Any, summary: dict[str, Any]) -> None:
     ax.set_title("latency under a burst (scenario (f) not run)", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
+
+
+def main() -> None:
+    """``python -m bench.chart REPORT.json [OUT.png]``: redraw the chart of a saved report."""
+    import json
+    import sys
+
+    source = Path(sys.argv[1])
+    target = Path(sys.argv[2]) if len(sys.argv) > 2 else source.with_suffix(".png")
+    print(make_chart(json.loads(source.read_text()), target))
+
+
+if __name__ == "__main__":
+    main()

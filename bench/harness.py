@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -94,7 +94,8 @@ class ResultReader:
                 "bootstrap.servers": bootstrap,
                 "group.id": f"bench-reader-{uuid.uuid4().hex[:8]}",
                 "enable.auto.commit": False,
-                "fetch.wait.max.ms": 10,  # results are latency-measured: do not let the broker hold a fetch
+                # tansu holds a fetch for its whole wait even when data arrives: short, but each fetch costs it CPU
+                "fetch.wait.max.ms": 25,
                 "log_level": 3,
             }
         )
@@ -105,13 +106,22 @@ class ResultReader:
         self._total = 0  # results received so far, of any request
         self._cond = threading.Condition()
         self._stop = threading.Event()
+        self._quiet = threading.Event()  # set: partitions paused, no polling (see quiet())
         self.errors: list[str] = []
         self.on_result: Callable[[Received], None] | None = None
         self._thread = threading.Thread(target=self._loop, name="bench-reader", daemon=True)
         self._thread.start()
 
     def _loop(self) -> None:
+        paused = False
         while not self._stop.is_set():
+            if self._quiet.is_set() != paused:
+                paused = self._quiet.is_set()
+                assignment = self._consumer.assignment()
+                (self._consumer.pause if paused else self._consumer.resume)(assignment)
+            if paused:
+                self._stop.wait(0.05)
+                continue
             message = self._consumer.poll(0.05)
             if message is None:
                 continue
@@ -131,6 +141,17 @@ class ResultReader:
                 self._cond.notify_all()
             if self.on_result is not None:
                 self.on_result(result)
+
+    @contextlib.contextmanager
+    def quiet(self, settle_s: float = 1.5) -> Iterator[None]:
+        """Stop fetching and polling while in-process scenarios run, so this process adds no wake-ups to the cores
+        the model uses; on leaving, give librdkafka ``settle_s`` to fetch again (a resume takes it ~1 s)."""
+        self._quiet.set()
+        try:
+            yield
+        finally:
+            self._quiet.clear()
+            time.sleep(settle_s)
 
     @property
     def total(self) -> int:

@@ -6,7 +6,9 @@ The benchmark must not edit the product to try an idea, so this applies a change
 - ``poll_s=SECONDS``: the poll loop's ``consumer.poll`` timeout is capped to this (the worker uses 0.05 s, and
   finished outcomes wait in its queue until that poll returns);
 - ``max_in_flight=N``: the in-flight bound at which the worker pauses its partitions (it resumes at N // 2),
-  without adding decode threads as raising MAX_WORKERS would.
+  without adding decode threads as raising MAX_WORKERS would;
+- ``torch_threads=N``: torch's intra-op threads, kept after ultralytics' first CPU predict (whose select_device()
+  sets them to min(8, cpus - 1)).
 """
 
 from __future__ import annotations
@@ -29,6 +31,18 @@ class _PollCap:
         return getattr(self._consumer, name)
 
 
+def keep_torch_threads(threads: int) -> None:
+    """Make ultralytics' select_device() set ``threads`` instead of min(8, cpus - 1), and set them now."""
+    from pipeline.models import _import_torch, configure_offline
+
+    configure_offline()
+    torch = _import_torch()
+    import ultralytics.utils.torch_utils as torch_utils
+
+    torch_utils.NUM_THREADS = threads
+    torch.set_num_threads(threads)
+
+
 def apply(spec: str) -> list[str]:
     """Apply the patches named in ``spec``; returns what was applied (for the log)."""
     import consumers.worker as worker_module
@@ -44,11 +58,15 @@ def apply(spec: str) -> list[str]:
                 return _PollCap(_original(*args, **kwargs), _cap)
 
             worker_module.make_consumer = make_consumer  # type: ignore[assignment]
+        elif name == "torch_threads":
+            keep_torch_threads(int(value))
         elif name == "max_in_flight":
             bound = int(value)
             worker_module.Worker.max_in_flight = property(lambda _self, _bound=bound: _bound)  # type: ignore[assignment,method-assign]
         else:
-            raise SystemExit(f"unknown BENCH_WORKER_PATCH item {item!r}: expected poll_s=... or max_in_flight=...")
+            raise SystemExit(
+                f"unknown BENCH_WORKER_PATCH item {item!r}: expected poll_s, max_in_flight or torch_threads"
+            )
         applied.append(item)
     return applied
 

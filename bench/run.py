@@ -46,6 +46,7 @@ from bench.harness import (
     worker_environment,
 )
 from bench.images import encode_jpeg, make_images
+from bench.patched_worker import keep_torch_threads
 from bench.scenarios import (
     PipelineContext,
     bare_loop,
@@ -89,7 +90,8 @@ class Options:
     worker_env: dict[str, str]
     worker_patch: str
     window: int
-    fetch_wait_ms: int
+    fetch_wait_ms: int | None
+    torch_threads: int | None
     timeout_s: float
     checkpoints: Path
 
@@ -127,9 +129,16 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     parser.add_argument(
         "--fetch-wait-ms",
         type=int,
-        default=10,
-        help="workers' fetch.wait.max.ms (tansu does not answer a waiting fetch when data arrives, so librdkafka's "
-        "500 ms default adds up to 500 ms per hop there; Apache Kafka answers at once). 0: librdkafka's default",
+        default=None,
+        help="workers' fetch.wait.max.ms (KAFKA_FETCH_WAIT_MAX_MS; default: the product's). tansu does not answer a "
+        "waiting fetch when data arrives, so each hop can wait this long there; Apache Kafka answers at once",
+    )
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=None,
+        help="torch threads in the bench and the workers, kept after ultralytics' first CPU predict (which sets "
+        "min(8, cpus - 1)); default: leave ultralytics' choice, as the product does",
     )
     parser.add_argument("--timeout", type=float, default=900.0, help="most seconds to wait for one burst's results")
     parser.add_argument(
@@ -163,6 +172,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         worker_patch=args.worker_patch,
         window=args.window if args.window is not None else max(1, WorkerSettings().max_workers - 1),
         fetch_wait_ms=args.fetch_wait_ms,
+        torch_threads=args.torch_threads,
         timeout_s=args.timeout,
         checkpoints=args.checkpoints,
     )
@@ -192,7 +202,6 @@ def machine_info(device: str, torch_threads: int) -> dict[str, Any]:
         "gpu": torch.cuda.get_device_name(0) if device == "cuda" and torch.cuda.is_available() else None,
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "load_average_start": list(os.getloadavg()),
     }
     for package in ("ultralytics", "sam2", "confluent-kafka", "fastavro", "redis"):
         with contextlib.suppress(metadata.PackageNotFoundError):
@@ -263,11 +272,15 @@ class Bench:
         extra = {"OMP_NUM_THREADS": str(self.torch_threads or (os.cpu_count() or 1))}
         if self.o.worker_batch_size is not None:
             extra["BATCH_SIZE"] = str(self.o.worker_batch_size)
-        if self.o.worker_patch:
-            extra["BENCH_WORKER_PATCH"] = self.o.worker_patch
-        if self.o.fetch_wait_ms > 0:
-            kafka_extra = json.loads(os.environ.get("KAFKA_EXTRA_CONFIG") or "{}")
-            extra["KAFKA_EXTRA_CONFIG"] = json.dumps({"fetch.wait.max.ms": self.o.fetch_wait_ms, **kafka_extra})
+        patch = ";".join(
+            p
+            for p in (self.o.worker_patch, f"torch_threads={self.o.torch_threads}" if self.o.torch_threads else "")
+            if p
+        )
+        if patch:
+            extra["BENCH_WORKER_PATCH"] = patch
+        if self.o.fetch_wait_ms is not None:
+            extra["KAFKA_FETCH_WAIT_MAX_MS"] = str(self.o.fetch_wait_ms)
         extra.update(self.o.worker_env)
         return worker_environment(
             bootstrap=self.kafka.bootstrap,
@@ -287,6 +300,8 @@ class Bench:
 
     def load_model(self) -> None:
         """Load both models and run one warm-up image, as a worker's first request would."""
+        if self.o.torch_threads:
+            keep_torch_threads(self.o.torch_threads)
         self.segmenter = Segmenter(self.settings)
         self.segmenter.warm_up()
         warm = make_images(1, self.o.width, self.o.height, first_seed=WARM_SEED)[0]
@@ -328,8 +343,33 @@ class Bench:
         finally:
             client.close()
 
+    def quiet(self) -> contextlib.AbstractContextManager[None]:
+        """The result reader's quiet() when the pipeline runs, else nothing to quiet."""
+        return self.ctx.reader.quiet() if self.ctx is not None else contextlib.nullcontext()
+
     def pngs(self) -> list[bytes]:
         return [image.png for image in self.images]
+
+
+def _in_process(bench: Bench, repeat: int, run: dict[str, Any]) -> None:
+    """(a), the pipeline-only steps and (e): the model in this process, while the result reader is quiet."""
+    o = bench.o
+    if "a" in o.scenarios:
+        assert bench.segmenter is not None
+        idle = {w.worker_id: w.ps for w in bench.workers.values()}
+        if bench.ctx is not None:
+            idle |= {"broker": bench.ctx.broker, "redis": bench.ctx.redis}
+        run["a"], results = bare_loop(bench.segmenter, bench.images, idle)
+        redis_settings = (
+            RedisSettings(host=bench.redis.host, port=bench.redis.port) if bench.redis is not None else None
+        )
+        run["steps"] = pipeline_steps(bench.images, results, bench.segmenter, redis_settings)
+        _log(f"repeat {repeat + 1}: (a) {run['a']['images_per_s']:.3f} img/s")
+    if "e" in o.scenarios:
+        assert bench.segmenter is not None
+        run["e"] = batch_curve(bench.segmenter, bench.images, o.batch_sizes)
+        curve = ", ".join(f"{p['batch_size']}: {p['images_per_s']:.3f}" for p in run["e"]["curve"])
+        _log(f"repeat {repeat + 1}: (e) img/s by batch size {curve}")
 
 
 def _iterate_repeats(bench: Bench) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -338,15 +378,8 @@ def _iterate_repeats(bench: Bench) -> Iterator[tuple[int, dict[str, Any]]]:
     workers = bench.workers
     for repeat in range(o.repeat):
         run: dict[str, Any] = {"load_average": list(os.getloadavg())}
-        if "a" in o.scenarios:
-            assert bench.segmenter is not None
-            idle = {w.worker_id: w.ps for w in workers.values()}
-            run["a"], results = bare_loop(bench.segmenter, bench.images, idle)
-            redis_settings = (
-                RedisSettings(host=bench.redis.host, port=bench.redis.port) if bench.redis is not None else None
-            )
-            run["steps"] = pipeline_steps(bench.images, results, bench.segmenter, redis_settings)
-            _log(f"repeat {repeat + 1}: (a) {run['a']['images_per_s']:.3f} img/s")
+        with bench.quiet():
+            _in_process(bench, repeat, run)
         if "b" in o.scenarios or "c" in o.scenarios:
             assert bench.ctx is not None
             topic = bench.topics["b"][0]
@@ -372,11 +405,6 @@ def _iterate_repeats(bench: Bench) -> Iterator[tuple[int, dict[str, Any]]]:
             pair = [workers["bench-d1"], workers["bench-d2"]]
             run["d"] = pipeline_run(bench.ctx, bench.topics["d"][0], 2, bench.pngs(), pair, source="bench-d")
             _log(f"repeat {repeat + 1}: (d) {run['d']['images_per_s']:.3f} img/s")
-        if "e" in o.scenarios:
-            assert bench.segmenter is not None
-            run["e"] = batch_curve(bench.segmenter, bench.images, o.batch_sizes)
-            curve = ", ".join(f"{p['batch_size']}: {p['images_per_s']:.3f}" for p in run["e"]["curve"])
-            _log(f"repeat {repeat + 1}: (e) img/s by batch size {curve}")
         yield repeat, run
 
 
@@ -446,7 +474,7 @@ def print_report(report: dict[str, Any]) -> None:
         f"imgsz {c['imgsz']}, conf {c['conf']}, median of {c['repeat']}"
     )
     header = f"{'scenario':<26}{'img/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'cpu s/img':>10}  " + " ".join(
-        f"{k:>8}" for k in (*STAGES, "kafka")
+        f"{k:>8}" for k in (*STAGES, "batch_wait", "kafka")
     )
     print(header)
     labels = {
@@ -460,7 +488,7 @@ def print_report(report: dict[str, Any]) -> None:
         if key not in s:
             continue
         row = s[key]
-        stages = " ".join(f"{row['stages_ms'].get(k, 0.0):8.1f}" for k in (*STAGES, "kafka"))
+        stages = " ".join(f"{row['stages_ms'].get(k, 0.0):8.1f}" for k in (*STAGES, "batch_wait", "kafka"))
         print(
             f"{label:<26}{row['images_per_s']:9.3f}{row['latency_ms']['p50']:9.0f}{row['latency_ms']['p99']:9.0f}"
             f"{row['cpu_s_per_image']:10.3f}  {stages}"
@@ -487,6 +515,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the suite; write ``latest.json`` and ``latest.png`` under ``--out``; return the report."""
     options = parse_args(argv)
     started = time.monotonic()
+    load_at_start = list(os.getloadavg())
     runs: list[dict[str, Any]] = []
     memory: dict[str, Any] | None = None
     with contextlib.ExitStack() as stack:
@@ -510,6 +539,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if "f" in options.scenarios:
             memory = _memory(bench)
         machine = machine_info(options.device, bench.torch_threads)
+        machine["load_average_start"] = load_at_start  # 1/5/15-minute load: other work on the machine
         machine["load_average_end"] = list(os.getloadavg())
         report = {
             "schema": "segpipe-bench/1",
@@ -532,7 +562,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 "worker_env": options.worker_env,
                 "worker_patch": options.worker_patch,
                 "window": options.window,
-                "fetch_wait_ms": options.fetch_wait_ms,
+                "fetch_wait_ms": options.fetch_wait_ms or KafkaSettings().fetch_wait_max_ms,
+                "torch_threads": options.torch_threads,
                 "png_bytes_mean": sum(len(i.png) for i in bench.images) / len(bench.images),
                 "model_env": bench.model_env,
             },

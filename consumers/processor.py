@@ -15,13 +15,14 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from consumers.dedup import DedupCache, dedup_key, model_fingerprint
-from pipeline.errors import MalformedRequestError, SegmentationError
+from pipeline.errors import ImageTooLargeError, MalformedRequestError, SegmentationError
 from pipeline.image_io import ImageLimits, decode_image, image_sha256
 from pipeline.segmenter import Segmenter, resolve_params, validate_prompts
 from pipeline.types import SegmentationResult, SegmentParams
 from schemas import (
     DeadLetter,
     ErrorInfo,
+    Header,
     SegmentRequest,
     SegmentResultMessage,
     decode_result,
@@ -91,12 +92,21 @@ class RequestProcessor:
     """Turns records into outcomes; thread-safe (decode/dedup run on a pool, segmentation on one thread)."""
 
     def __init__(
-        self, segmenter: Segmenter, cache: DedupCache | None, *, worker_id: str, codec: WireCodec = PLAIN
+        self,
+        segmenter: Segmenter,
+        cache: DedupCache | None,
+        *,
+        worker_id: str,
+        codec: WireCodec = PLAIN,
+        max_record_bytes: int | None = None,
     ) -> None:
+        """``max_record_bytes`` (the worker passes KAFKA_MESSAGE_MAX_BYTES) is the largest record accepted, and the
+        largest dead letter this worker can publish: bigger records are refused unread and referenced, not copied."""
         self.segmenter = segmenter
         self.cache = cache
         self.worker_id = worker_id
         self.codec = codec
+        self.max_record_bytes = max_record_bytes
         self.limits = ImageLimits.from_settings(segmenter.settings)
         self.fingerprint = model_fingerprint(segmenter.settings)
         self.dedup_wait_s = cache.settings.max_wait if cache is not None else 0.0
@@ -105,6 +115,12 @@ class RequestProcessor:
     def prepare(self, record: InboundRecord) -> Outcome | PendingSegmentation:
         """Parse, decode, check and look up the cache. Returns a final outcome or work for the model."""
         started = time.perf_counter()
+        size = len(record.value or b"")
+        if self.max_record_bytes is not None and size > self.max_record_bytes:
+            # The broker took it (its limit is larger than ours), but we do not handle records this big.
+            limit = self.max_record_bytes
+            too_large = ImageTooLargeError(f"record value is {size:,} bytes, over KAFKA_MESSAGE_MAX_BYTES={limit:,}")
+            return self.failure(record, too_large, started=started)
         try:
             request = self._parse(record)
         except SegmentationError as exc:
@@ -204,6 +220,12 @@ class RequestProcessor:
         if self.cache is not None:
             self.cache.release(pending.cache_key, self.worker_id)
 
+    def _fits_dead_letter(self, value: bytes | None, key: bytes | None, headers: tuple[Header, ...]) -> bool:
+        if self.max_record_bytes is None:
+            return True
+        size = len(value or b"") + len(key or b"") + sum(len(h.key) + len(h.value or b"") for h in headers)
+        return size + _DEAD_LETTER_OVERHEAD <= self.max_record_bytes
+
     # -- results and failures ------------------------------------------------------------------------------------
     def _outcome(self, record: InboundRecord, message: SegmentResultMessage, request: SegmentRequest) -> Outcome:
         return Outcome(
@@ -235,6 +257,19 @@ class RequestProcessor:
             source = envelope.source if envelope else None
             reply_to = envelope.reply_to if envelope else None
         info = ErrorInfo.from_error(error)
+        original_value, original_key, original_headers = record.value, record.key, headers_from_kafka(record.headers)
+        if not self._fits_dead_letter(original_value, original_key, original_headers):
+            # A dead letter must itself fit in a record this worker may produce, or publishing it would fail for
+            # ever; the original stays in the input topic, where topic/partition/offset below point.
+            size = len(original_value or b"")
+            original_value = None
+            if not self._fits_dead_letter(None, original_key, original_headers):
+                original_key, original_headers = None, ()
+            info = ErrorInfo(
+                info.code,
+                f"{info.message} (original value of {size:,} bytes not copied: too large for a dead letter; "
+                f"it is at {record.topic}:{record.partition}@{record.offset})",
+            )
         timings = {"decode": _ms_since(started)} if started is not None else {}
         message = SegmentResultMessage.failure(
             request_id, info, worker_id=self.worker_id, source=source, image_sha256=digest, timings_ms=timings
@@ -242,9 +277,9 @@ class RequestProcessor:
         dead_letter = DeadLetter(
             request_id=request_id,
             error=info,
-            original_value=record.value,
-            original_key=record.key,
-            original_headers=headers_from_kafka(record.headers),
+            original_value=original_value,
+            original_key=original_key,
+            original_headers=original_headers,
             topic=record.topic,
             partition=record.partition,
             offset=record.offset,
@@ -254,6 +289,9 @@ class RequestProcessor:
         log.info("request %s failed: %s: %s", request_id, info.code, info.message, extra={"request_id": request_id})
         submitted = request.submitted_at_ms if request is not None else (record.timestamp_ms or 0)
         return Outcome(record, message, encode_result(message), reply_to, dead_letter, submitted_at_ms=submitted)
+
+
+_DEAD_LETTER_OVERHEAD = 64 * 1024  # the dead letter's own fields (error message, ids) and record framing
 
 
 def _ms_since(started: float) -> float:

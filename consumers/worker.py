@@ -43,6 +43,7 @@ from segpipe.kafka import make_consumer, make_producer
 log = logging.getLogger(__name__)
 
 TopicPartitionKey = tuple[str, int]
+_RETRY_DELAY_S = 1.0  # before producing again a message the client refused outright
 
 
 class OffsetTracker:
@@ -148,7 +149,13 @@ class Worker:
         if cache is None and settings.redis.enabled:
             cache = DedupCache(settings.redis)
         self.codec = codec if codec is not None else WireCodec(settings.registry)
-        self.processor = RequestProcessor(self.segmenter, cache, worker_id=settings.worker.worker_id, codec=self.codec)
+        self.processor = RequestProcessor(
+            self.segmenter,
+            cache,
+            worker_id=settings.worker.worker_id,
+            codec=self.codec,
+            max_record_bytes=settings.kafka.message_max_bytes,
+        )
         self.stats = WorkerStats()
         self.tracker = OffsetTracker()
         self._consumer_overrides = consumer_overrides or {}
@@ -158,6 +165,7 @@ class Worker:
         self._assigned: set[TopicPartitionKey] = set()
         self._paused = False
         self._commit_due = False  # offsets were stored since the last commit
+        self._retries: list[tuple[float, str, bytes, bytes, _Publication]] = []  # (due, topic, key, value, ...)
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self.ready = threading.Event()  # set once partitions are assigned
@@ -304,6 +312,12 @@ class Worker:
     def _pump(self) -> None:
         """Publish finished outcomes and serve delivery callbacks (on this thread)."""
         assert self._producer is not None
+        if self._retries:
+            now = time.monotonic()
+            due = [retry for retry in self._retries if retry[0] <= now]
+            self._retries = [retry for retry in self._retries if retry[0] > now]
+            for _due, topic, key, value, publication in due:
+                self._produce(topic, key, value, publication)
         while True:
             try:
                 outcome = self._completed.get_nowait()
@@ -382,6 +396,18 @@ class Worker:
                 return
             except BufferError:  # local queue full: serve callbacks, then try again
                 self._producer.poll(0.1)
+            except KafkaException as exc:
+                # Refused before sending (a topic name librdkafka rejects or has marked unknown, a message over
+                # message.max.bytes...). Raised here it would escape poll() and kill the worker, and the record,
+                # redelivered, would kill the next one: a poison pill.
+                if best_effort:
+                    log.warning("reply to %r not sent (%s): the output topic has the result", topic, exc.args[0])
+                    delivered(None, None)  # type: ignore[arg-type]
+                else:
+                    self.stats.delivery_retries += 1
+                    log.warning("produce to %s refused (%s): retrying in %.0f s", topic, exc.args[0], _RETRY_DELAY_S)
+                    self._retries.append((time.monotonic() + _RETRY_DELAY_S, topic, key, value, publication))
+                return
 
     def _published(self, outcome: Outcome) -> None:
         record = outcome.record

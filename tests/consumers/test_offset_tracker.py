@@ -48,3 +48,19 @@ def test_stored_offset_is_always_a_safe_restart_point(count: int, rng: random.Ra
         assert stored is not None
         assert all(o in finished for o in offsets if o < stored)
     assert stored == 100 + count
+
+
+def test_count_includes_finished_records_not_yet_committable() -> None:
+    """Backpressure bounds redelivery after a crash: a record finished above an unfinished one is redelivered too,
+    so it still counts until the watermark passes it."""
+    tracker = OffsetTracker()
+    for offset in (20, 21, 22):
+        tracker.add(TP, offset)
+    assert tracker.done(TP, 22) == 20
+    assert tracker.done(TP, 21) == 20
+    assert tracker.count() == 3, "20 in flight, 21 and 22 finished behind it"
+    assert tracker.is_pending(TP, 20) and not tracker.is_pending(TP, 21)
+    assert tracker.done(TP, 20) == 23 and tracker.count() == 0
+    tracker.add(TP, 23)
+    tracker.forget({TP})
+    assert not tracker.is_pending(TP, 23), "a revoked partition's records are no longer ours to answer"

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from reliability_harness import Report, TopicsFactory
+from reliability_harness import Report, TopicFollower, TopicsFactory
 from worker_harness import PipelineTopics, WorkerProcess, launch_worker, worker_environment
 
 from segpipe.services import LocalKafka, LocalRedis
@@ -69,3 +69,19 @@ def report(request: pytest.FixtureRequest) -> Report:
                 out.write(line + "\n")
 
     return write
+
+
+@pytest.fixture
+def follow() -> Iterator[Callable[[str, str], TopicFollower]]:
+    """``follow(bootstrap, topic) -> TopicFollower``; every follower is closed at teardown, even after a failure
+    (a consumer left polling on a daemon thread while the interpreter exits can crash it)."""
+    followers: list[TopicFollower] = []
+
+    def make(bootstrap: str, topic: str) -> TopicFollower:
+        follower = TopicFollower(bootstrap, topic)
+        followers.append(follower)
+        return follower
+
+    yield make
+    for follower in followers:
+        follower.close()

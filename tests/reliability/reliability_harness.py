@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import psutil
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 from worker_harness import PipelineTopics, WorkerProcess
 
@@ -27,6 +28,7 @@ Headers = list[tuple[str, bytes]]
 TopicsFactory = Callable[..., PipelineTopics]  # the make_topics fixture
 Launcher = Callable[..., WorkerProcess]  # the launcher fixture
 Report = Callable[..., None]  # the report fixture
+Follow = Callable[[str, str], "TopicFollower"]  # the follow fixture
 Record = tuple[bytes | None, bytes | None, Headers]
 
 
@@ -194,6 +196,7 @@ class TopicFollower:
         return self.results()
 
     def close(self) -> None:
+        """Stop reading (idempotent); the records read so far stay available."""
         self._stop.set()
         self._thread.join(10)
 
@@ -212,3 +215,8 @@ def duplicates(results: Iterable[SegmentResultMessage]) -> Counter[str]:
     """request_id -> extra copies (0 entries left out): what at-least-once delivery cost."""
     counts = Counter(result.request_id for result in results)
     return Counter({request_id: n - 1 for request_id, n in counts.items() if n > 1})
+
+
+def rss(worker: WorkerProcess) -> int:
+    """Resident memory of a worker process, in bytes (read from outside, like an orchestrator would)."""
+    return int(psutil.Process(worker.process.pid).memory_info().rss)

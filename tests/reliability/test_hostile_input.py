@@ -9,7 +9,14 @@ from collections import Counter
 import numpy as np
 import pytest
 from hostile_payloads import Hostile, bare, encode, hostile_cases, noise_pixels
-from reliability_harness import Launcher, Publisher, Report, TopicFollower, TopicsFactory, committed_offsets
+from reliability_harness import (
+    Follow,
+    Launcher,
+    Publisher,
+    Report,
+    TopicsFactory,
+    committed_offsets,
+)
 
 from schemas import ResultStatus
 from segpipe.services import LocalKafka
@@ -20,11 +27,11 @@ WORKER_MESSAGE_MAX_BYTES = 1_000_000  # the worker's KAFKA_MESSAGE_MAX_BYTES her
 
 
 def test_hostile_records_get_error_results_and_dead_letters(
-    kafka: LocalKafka, make_topics: TopicsFactory, launcher: Launcher, report: Report
+    kafka: LocalKafka, make_topics: TopicsFactory, launcher: Launcher, report: Report, follow: Follow
 ) -> None:
     topics = make_topics(2)
-    results = TopicFollower(kafka.bootstrap, topics.output)
-    letters = TopicFollower(kafka.bootstrap, topics.dead_letter)
+    results = follow(kafka.bootstrap, topics.output)
+    letters = follow(kafka.bootstrap, topics.dead_letter)
     worker = launcher(topics, KAFKA_MESSAGE_MAX_BYTES=str(WORKER_MESSAGE_MAX_BYTES))
     worker.wait_assigned(120)
 
@@ -41,12 +48,27 @@ def test_hostile_records_get_error_results_and_dead_letters(
             "invalid_image",
         )
     )
+    cases.append(  # the same again: librdkafka now refuses the produce call itself (unknown topic), synchronously
+        Hostile(
+            "reply-to-invalid-topic-again",
+            b"not an image",
+            bare("reply-to-invalid-topic-again", reply_to="bad topic!"),
+            "invalid_image",
+        )
+    )
     publisher = Publisher(kafka.bootstrap, topics.input, max_message_bytes=20_000_000)
     publisher.send_all((case.key, case.value, case.headers) for case in cases)
     publisher.send_all([(b"good", good_png, bare("good"))])
 
-    names = [case.name for case in cases] + ["good"]
-    results.wait_request_ids(names, timeout=180)
+    def expected_id(case: Hostile) -> str:
+        """The request id a result can carry: the record's own, or its position when it names none."""
+        if any(key == "segpipe-request-id" for key, _ in case.headers):
+            return case.name
+        placed = publisher.placed[case.name]
+        return f"{topics.input}:{placed.partition}:{placed.offset}"
+
+    ids = {case.name: expected_id(case) for case in cases}
+    results.wait_request_ids([*ids.values(), "good"], timeout=180)
     letters.wait_for(lambda: len(letters.snapshot()) >= len(cases), 60, "one dead letter per hostile record")
     time.sleep(2)
     by_id = {r.request_id: r for r in results.results()}
@@ -55,11 +77,12 @@ def test_hostile_records_get_error_results_and_dead_letters(
     letters.close()
 
     assert by_id["good"].status == ResultStatus.OK, "the worker still segments after all that"
-    wrong = {c.name: (by_id[c.name].error.code if by_id[c.name].error else "ok", c.code) for c in cases}
+    answers = {c.name: by_id[ids[c.name]] for c in cases}
+    wrong = {c.name: (answers[c.name].error.code if answers[c.name].error else "ok", c.code) for c in cases}
     wrong = {name: got for name, got in wrong.items() if got[0] != got[1]}
     assert not wrong, f"(got, expected) codes: {wrong}"
     for case in cases:
-        letter = dead.get(case.name)
+        letter = dead.get(ids[case.name])
         assert letter is not None, f"{case.name}: no dead letter"
         assert letter.error.code == case.code and letter.error.message, case.name
         assert letter.topic == topics.input and letter.offset == publisher.placed[case.name].offset, case.name

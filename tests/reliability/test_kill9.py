@@ -15,10 +15,10 @@ from types import SimpleNamespace
 
 import pytest
 from reliability_harness import (
+    Follow,
     Launcher,
     Publisher,
     Report,
-    TopicFollower,
     TopicsFactory,
     avro_record,
     committed_offsets,
@@ -49,12 +49,12 @@ def _max_in_flight(max_workers: int, batch_size: int) -> int:
 
 
 def test_ten_sigkills_lose_nothing_and_bound_duplicates(
-    kafka: LocalKafka, make_topics: TopicsFactory, launcher: Launcher, report: Report
+    kafka: LocalKafka, make_topics: TopicsFactory, launcher: Launcher, report: Report, follow: Follow
 ) -> None:
     """300 requests published while a chaos loop SIGKILLs a random worker ten times and starts a replacement."""
     rng = random.Random(SEED)
     topics = make_topics(PARTITIONS)
-    results = TopicFollower(kafka.bootstrap, topics.output)
+    results = follow(kafka.bootstrap, topics.output)
     workers = [launcher(topics) for _ in range(WORKERS)]
     for worker in workers:
         worker.wait_assigned(120)

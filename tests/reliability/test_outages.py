@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from reliability_harness import (
+    Follow,
     Launcher,
     Publisher,
     Report,
@@ -41,12 +42,17 @@ def _by_id(follower: TopicFollower) -> dict[str, list]:
 
 
 def test_redis_outage_mid_stream_loses_nothing_and_dedup_resumes(
-    kafka: LocalKafka, redis_server: LocalRedis, make_topics: TopicsFactory, launcher: Launcher, report: Report
+    kafka: LocalKafka,
+    redis_server: LocalRedis,
+    make_topics: TopicsFactory,
+    launcher: Launcher,
+    report: Report,
+    follow: Follow,
 ) -> None:
     """Redis stopped while requests flow, restarted after a few seconds: every request answered exactly once, the
     worker never stalls on the dead Redis, and a repeat sent after the restart is served from the cache again."""
     topics = make_topics(2)
-    results = TopicFollower(kafka.bootstrap, topics.output)
+    results = follow(kafka.bootstrap, topics.output)
     worker = launcher(topics, REDIS_SOCKET_TIMEOUT="0.5")
     worker.wait_assigned(120)
     publisher = Publisher(kafka.bootstrap, topics.input)
@@ -136,7 +142,9 @@ def s3_kafka(s3_storage: LocalS3, tmp_path: Path) -> Iterator[LocalKafka]:
         broker.stop()
 
 
-def test_broker_outage_mid_stream_loses_nothing(s3_kafka: LocalKafka, launcher: Launcher, report: Report) -> None:
+def test_broker_outage_mid_stream_loses_nothing(
+    s3_kafka: LocalKafka, launcher: Launcher, report: Report, follow: Follow
+) -> None:
     """The broker goes away for five seconds while a producer publishes and a worker works; both reconnect to the
     restarted broker on the same port and every request gets its result."""
     broker = s3_kafka
@@ -145,7 +153,7 @@ def test_broker_outage_mid_stream_loses_nothing(s3_kafka: LocalKafka, launcher: 
     create_topics(broker.bootstrap, {topics.input: 4, topics.output: 1, topics.dead_letter: 1})
     worker = launcher(topics, KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap)
     worker.wait_assigned(120)
-    results = TopicFollower(broker.bootstrap, topics.output)
+    results = follow(broker.bootstrap, topics.output)
 
     count, distinct = 60, 48
     records = [avro_record(f"b-{i:02d}", noise_image(9500 + i % distinct, 96, 128)) for i in range(count)]

@@ -16,10 +16,10 @@ from collections import Counter
 import pytest
 from confluent_kafka.admin import AdminClient
 from reliability_harness import (
+    Follow,
     Launcher,
     Publisher,
     Report,
-    TopicFollower,
     TopicsFactory,
     avro_record,
     committed_offsets,
@@ -84,11 +84,11 @@ class MembershipWatch:
 
 
 def test_inference_slower_than_max_poll_interval_keeps_the_group_stable(
-    kafka: LocalKafka, make_topics: TopicsFactory, launcher: Launcher, report: Report
+    kafka: LocalKafka, make_topics: TopicsFactory, launcher: Launcher, report: Report, follow: Follow
 ) -> None:
     """Two workers, six ~10 s SAM2 requests: no member leaves or joins, no rebalance, exactly one result each."""
     topics = make_topics(PARTITIONS)
-    results = TopicFollower(kafka.bootstrap, topics.output)
+    results = follow(kafka.bootstrap, topics.output)
     first = launcher(topics, **SLOW_ENV)
     first.wait_assigned(120)
     second = launcher(topics, **SLOW_ENV)
@@ -138,12 +138,12 @@ def test_inference_slower_than_max_poll_interval_keeps_the_group_stable(
 
 
 def test_partitions_revoked_mid_inference_are_finished_or_handed_back(
-    kafka: LocalKafka, make_topics: TopicsFactory, launcher: Launcher, report: Report
+    kafka: LocalKafka, make_topics: TopicsFactory, launcher: Launcher, report: Report, follow: Follow
 ) -> None:
     """A second worker joins while the first has slow records in the model: nothing is lost, and no offset is ever
     committed before the results of every record below it were written."""
     topics = make_topics(PARTITIONS)
-    results = TopicFollower(kafka.bootstrap, topics.output)
+    results = follow(kafka.bootstrap, topics.output)
     first = launcher(topics, **{**SLOW_ENV, "MAX_WORKERS": "4"})  # four in flight: some on partitions it will lose
     first.wait_assigned(120)
     records = _slow_requests("handover", 2 * PARTITIONS, seed=8000)
