@@ -49,14 +49,16 @@ _RETRY_DELAY_S = 1.0  # before producing again a message the client refused outr
 class OffsetTracker:
     """Which offsets are in flight per partition, and how far each partition may be committed.
 
-    ``count`` includes records that are finished but not yet committable (a lower offset of their partition is still
-    in flight): after a crash they are redelivered like unfinished ones, so bounding ``count`` (backpressure) is what
-    bounds the duplicates a kill -9 can cause.
+    A record is *uncommitted* from the moment it is consumed until a commit covering it is acknowledged: in flight,
+    finished above a lower offset still in flight (not committable yet), or stored and waiting for the commit. Any
+    uncommitted record is redelivered after a crash or a lost partition, so bounding :meth:`count` (backpressure)
+    is what bounds the duplicates a kill -9 or an eviction can cause: to MAX_WORKERS per event.
     """
 
     def __init__(self) -> None:
         self._in_flight: dict[TopicPartitionKey, set[int]] = defaultdict(set)
         self._finished: dict[TopicPartitionKey, set[int]] = defaultdict(set)  # done, above the lowest in flight
+        self._uncommitted: dict[TopicPartitionKey, set[int]] = defaultdict(set)  # done, stored, commit not acked
         self._highest_done: dict[TopicPartitionKey, int] = {}
         self._lock = threading.Lock()
 
@@ -80,20 +82,29 @@ class OffsetTracker:
             self._highest_done[tp] = max(self._highest_done.get(tp, -1), offset)
             # Records of a partition arrive in offset order, so everything below the lowest one still in flight
             # is finished: that is the next offset to read after a restart.
-            if not pending:
-                self._finished.pop(tp, None)
-                return self._highest_done[tp] + 1
-            lowest = min(pending)
+            watermark = min(pending) if pending else self._highest_done[tp] + 1
             finished = self._finished[tp]
             finished.add(offset)
-            finished.difference_update([o for o in finished if o < lowest])
-            return lowest
+            storable = {o for o in finished if o < watermark}
+            finished -= storable
+            self._uncommitted[tp] |= storable
+            return watermark
 
-    def count(self, partitions: set[TopicPartitionKey] | None = None) -> int:
-        """Records consumed and not yet committable: in flight, or finished above a lower one still in flight."""
+    def committed(self, tp: TopicPartitionKey, next_offset: int) -> None:
+        """A commit up to ``next_offset`` was acknowledged: records below it will not be redelivered."""
+        with self._lock:
+            waiting = self._uncommitted.get(tp)
+            if waiting:
+                waiting.difference_update([o for o in waiting if o < next_offset])
+
+    def count(self, partitions: set[TopicPartitionKey] | None = None, *, unacknowledged: bool = True) -> int:
+        """Uncommitted records (see the class); ``unacknowledged=False`` leaves out the stored ones that only wait
+        for a commit acknowledgement, i.e. counts the records whose results are not all delivered yet."""
         with self._lock:
             return sum(
-                len(pending) + len(self._finished.get(tp, ()))
+                len(pending)
+                + len(self._finished.get(tp, ()))
+                + (len(self._uncommitted.get(tp, ())) if unacknowledged else 0)
                 for tp, pending in self._in_flight.items()
                 if partitions is None or tp in partitions
             )
@@ -104,6 +115,7 @@ class OffsetTracker:
             for tp in partitions:
                 self._in_flight.pop(tp, None)
                 self._finished.pop(tp, None)
+                self._uncommitted.pop(tp, None)
                 self._highest_done.pop(tp, None)
 
 
@@ -197,7 +209,7 @@ class Worker:
         kafka = self.settings.kafka
         self.segmenter.warm_up()
         self._install_signal_handlers()
-        consumer = make_consumer(kafka, **self._consumer_overrides)
+        consumer = make_consumer(kafka, on_commit=self._on_commit, **self._consumer_overrides)
         producer = make_producer(kafka)
         self._consumer, self._producer = consumer, producer
         decode_pool = ThreadPoolExecutor(self.settings.worker.max_workers, thread_name_prefix="segpipe-decode")
@@ -214,7 +226,8 @@ class Worker:
                 self._pump()
                 self._commit_stored()
                 self._apply_backpressure()
-                message = consumer.poll(0.05)
+                # Short polls while work is in flight, so finished results are published without waiting out a poll.
+                message = consumer.poll(0.005 if self.tracker.count() else 0.05)
                 self.last_poll = time.monotonic()
                 if message is None:
                     continue
@@ -459,12 +472,12 @@ class Worker:
         """Publish in-flight work of ``partitions`` until none is left or ``timeout``; True when all finished."""
         assert self._producer is not None
         deadline = time.monotonic() + timeout
-        while self.tracker.count(partitions) and time.monotonic() < deadline:
+        while self.tracker.count(partitions, unacknowledged=False) and time.monotonic() < deadline:
             self._pump()
             self._producer.poll(0.02)
         self._producer.flush(max(0.0, deadline - time.monotonic()))
         self._pump()
-        return self.tracker.count(partitions) == 0
+        return self.tracker.count(partitions, unacknowledged=False) == 0
 
     # -- rebalance callbacks (run inside consumer.poll on this thread) -------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -473,6 +486,14 @@ class Worker:
             consumer.pause(partitions)
         self.ready.set()
         log.info("assigned %s", sorted(self._assigned))
+
+    def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        """Commit acknowledgements (ours and auto-commit's, served by poll): release the backpressure they held."""
+        if error is not None and error.code() != KafkaError._NO_OFFSET:
+            log.debug("commit failed: %s", error)
+        for tp in partitions or ():
+            if tp.error is None and tp.offset >= 0:
+                self.tracker.committed((tp.topic, tp.partition), tp.offset)
 
     def _revoke_timeout(self) -> float:
         """How long a revocation may wait for in-flight work of the revoked partitions.
@@ -488,7 +509,8 @@ class Worker:
         log.info("revoked %s", sorted(revoked))
         finished = self._drain(revoked, self._revoke_timeout())
         if not finished:
-            log.warning("handing back %d unfinished records of %s", self.tracker.count(revoked), sorted(revoked))
+            unfinished = self.tracker.count(revoked, unacknowledged=False)
+            log.warning("handing back %d unfinished records of %s", unfinished, sorted(revoked))
         try:
             consumer.commit(asynchronous=False)
         except KafkaException as exc:  # e.g. ILLEGAL_GENERATION mid-rebalance, or nothing stored yet

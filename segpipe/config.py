@@ -45,7 +45,8 @@ class KafkaSettings(BaseSettings):
     ssl_key_password: str | None = None
 
     message_max_bytes: int = Field(32 * 1024 * 1024, ge=1000, le=1_000_000_000)
-    compression_type: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "lz4"
+    # zstd measured best for results (bench/wire.py): 44.6 KB vs lz4's 93.7 KB for 40 masks, +0.45 ms CPU.
+    compression_type: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "zstd"
     session_timeout_ms: int = Field(45_000, ge=1000)
     heartbeat_interval_ms: int = Field(3_000, ge=100)
     max_poll_interval_ms: int = Field(300_000, ge=1000)

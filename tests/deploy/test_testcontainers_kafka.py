@@ -156,7 +156,7 @@ def test_avro_request_round_trips_through_the_compose_kafka() -> None:
 
         request = SegmentRequest(
             request_id=f"deploy-{uuid.uuid4().hex}",
-            image=os.urandom(IMAGE_BYTES),  # incompressible, so lz4 cannot shrink it under the default limit
+            image=os.urandom(IMAGE_BYTES),  # incompressible, so compression cannot shrink it under the default limit
             source="tests/deploy",
             submitted_at_ms=now_ms(),
         )
