@@ -19,6 +19,9 @@ def test_out_of_order_completion_never_commits_past_an_unfinished_record() -> No
     assert tracker.done(TP, 12) == 10, "10 is still in flight: the next offset to read stays 10"
     assert tracker.done(TP, 10) == 11
     assert tracker.done(TP, 11) == 13, "all done: continue after the highest"
+    assert tracker.count(unacknowledged=False) == 0, "every result is delivered"
+    assert tracker.count() == 3, "but until a commit is acknowledged a crash would redeliver them"
+    tracker.committed(TP, 13)
     assert tracker.count() == 0
 
 
@@ -50,9 +53,9 @@ def test_stored_offset_is_always_a_safe_restart_point(count: int, rng: random.Ra
     assert stored == 100 + count
 
 
-def test_count_includes_finished_records_not_yet_committable() -> None:
-    """Backpressure bounds redelivery after a crash: a record finished above an unfinished one is redelivered too,
-    so it still counts until the watermark passes it."""
+def test_count_includes_finished_records_not_yet_committed() -> None:
+    """Backpressure bounds redelivery after a crash: a record finished above an unfinished one, or stored but not yet
+    acknowledged by a commit, is redelivered too, so it counts until a commit covering it is acknowledged."""
     tracker = OffsetTracker()
     for offset in (20, 21, 22):
         tracker.add(TP, offset)
@@ -60,7 +63,13 @@ def test_count_includes_finished_records_not_yet_committable() -> None:
     assert tracker.done(TP, 21) == 20
     assert tracker.count() == 3, "20 in flight, 21 and 22 finished behind it"
     assert tracker.is_pending(TP, 20) and not tracker.is_pending(TP, 21)
-    assert tracker.done(TP, 20) == 23 and tracker.count() == 0
+    assert tracker.done(TP, 20) == 23
+    assert tracker.count(unacknowledged=False) == 0 and tracker.count() == 3
+    tracker.committed(TP, 22)
+    assert tracker.count() == 1, "the commit acknowledged covers 20 and 21 only"
+    tracker.committed(TP, 23)
+    assert tracker.count() == 0
     tracker.add(TP, 23)
     tracker.forget({TP})
     assert not tracker.is_pending(TP, 23), "a revoked partition's records are no longer ours to answer"
+    assert tracker.count() == 0
