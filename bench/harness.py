@@ -11,7 +11,6 @@ import contextlib
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -31,6 +30,7 @@ from pipeline.types import SegmentParams
 from schemas import RESULT_SCHEMA, SegmentRequest, encode_request, now_ms, request_headers, schema_text
 from segpipe.config import KafkaSettings
 from segpipe.kafka import make_producer
+from segpipe.services import stop_process
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -281,13 +281,7 @@ class WorkerProcess:
 
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM (finish, flush, commit, leave the group), then SIGKILL after ``timeout``."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        stop_process(self.process, timeout=timeout)
 
 
 def start_worker(worker_id: str, env: dict[str, str], log_dir: Path) -> WorkerProcess:

@@ -88,7 +88,7 @@ def _log_tail(path: Path, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:]) or "<log empty>"
 
 
-def _stop_process(
+def stop_process(
     process: subprocess.Popen[bytes], sig: signal.Signals = signal.SIGTERM, timeout: float = _STOP_TIMEOUT
 ) -> None:
     """Send ``sig``, wait, then SIGKILL: a server stuck in shutdown must not hang a test session."""
@@ -144,7 +144,7 @@ class LocalKafka:
         SIGINT, not SIGTERM: measured on tansu 0.6.0, SIGTERM waits ~5 s for open client connections to drain,
         SIGINT exits in ~3 ms; both exit 0.
         """
-        _stop_process(self.process, signal.SIGINT)
+        stop_process(self.process, signal.SIGINT)
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
@@ -345,7 +345,7 @@ class LocalRedis:
 
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL after a timeout). Safe to call more than once."""
-        _stop_process(self.process)
+        stop_process(self.process)
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
@@ -498,7 +498,7 @@ class LocalS3:
 
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL after a timeout). Safe to call more than once."""
-        _stop_process(self.process)
+        stop_process(self.process)
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None

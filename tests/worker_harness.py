@@ -8,14 +8,13 @@ function-scoped ``pipeline_topics``, ``worker_env`` and ``start_worker`` fixture
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from segpipe.services import FAST_GROUP_CONFIG, LocalKafka, LocalRedis
+from segpipe.services import FAST_GROUP_CONFIG, LocalKafka, LocalRedis, stop_process
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,13 +50,7 @@ class WorkerProcess:
         raise AssertionError(f"worker got no partitions in {timeout}s:\n{self.log()[-3000:]}")
 
     def stop(self, timeout: float = 60.0) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout=timeout)
         return self.process.returncode
 
     def kill(self) -> None:

@@ -32,7 +32,7 @@ from schemas import ErrorInfo, SegmentResultMessage
 from segpipe.config import KafkaSettings
 from segpipe.gateway import STATUS_BY_CODE, Gateway, GatewaySettings, result_to_api
 from segpipe.kafka import make_admin
-from segpipe.services import LocalKafka, LocalRedis, create_topics, delete_topics, free_port, start_kafka
+from segpipe.services import LocalKafka, LocalRedis, create_topics, delete_topics, free_port, start_kafka, stop_process
 
 pytestmark = pytest.mark.slow
 
@@ -74,13 +74,7 @@ class GatewayProcess:
 
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM (uvicorn's graceful shutdown: the lifespan closes the gateway) and the exit status."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout=timeout)
         return self.process.returncode
 
     def assert_stops_cleanly(self, timeout: float = 30.0) -> None:
