@@ -16,9 +16,26 @@ from bench.harness import STAGES
 _LABELS = {
     "a": "(a) bare\nloop",
     "b": "(b) pipeline\n1 worker",
-    "c": "(c) dedup hits\nburst",
+    "c": "(c) dedup hits\nburst",  # reports before the PNG / small-JPEG split
     "c_closed": "(c) dedup hits\nclosed loop",
+    "c_png": "(c) hits\nPNG burst",
+    "c_png_closed": "(c) hits\nPNG closed",
+    "c_small": "(c) hits\nJPEG burst",
+    "c_small_closed": "(c) hits\nJPEG closed",
     "d": "(d) pipeline\n2 workers",
+}
+#: Bars of the throughput and latency panels, in order (old and new names of (c)).
+_PIPELINE = ("a", "b", "c", "c_closed", "c_png", "c_png_closed", "c_small", "c_small_closed", "d")
+_COLOURS = {
+    "a": "#4c72b0",
+    "b": "#55a868",
+    "c": "#c44e52",
+    "c_closed": "#dd8452",
+    "c_png": "#c44e52",
+    "c_png_closed": "#dd8452",
+    "c_small": "#937860",
+    "c_small_closed": "#da8bc3",
+    "d": "#8172b2",
 }
 _STAGE_COLOURS = {
     "decode": "#8dd3c7",
@@ -61,25 +78,25 @@ def make_chart(report: dict[str, Any], path: Path) -> Path:
 
 
 def _throughput(ax: Any, summary: dict[str, Any]) -> None:
-    names = [k for k in ("a", "b", "c", "c_closed", "d") if summary.get(k)]
+    names = [k for k in _PIPELINE if summary.get(k)]
     values = [summary[k]["images_per_s"] for k in names]
-    bars = ax.bar(
-        [_LABELS[k] for k in names], values, color=["#4c72b0", "#55a868", "#c44e52", "#dd8452", "#8172b2"][: len(names)]
-    )
+    bars = ax.bar([_LABELS[k] for k in names], values, color=[_COLOURS[k] for k in names])
     for bar, value in zip(bars, values, strict=True):
-        ax.annotate(f"{value:.3g}", (bar.get_x() + bar.get_width() / 2, value), ha="center", va="bottom", fontsize=9)
+        text = f"{value:,.0f}" if value >= 1000 else f"{value:.3g}"
+        ax.annotate(text, (bar.get_x() + bar.get_width() / 2, value), ha="center", va="bottom", fontsize=9)
     ratios = summary.get("ratios", {})
     parts = [
         f"{k.replace('_over_', '/')} = {ratios[k]:.3f}" for k in ("b_over_a", "d_over_b") if _finite(ratios.get(k))
     ]
-    ax.set_title("images/s (log scale)" + (f"   {', '.join(parts)}" if parts else ""), fontsize=10)
+    ax.set_title("images/s, (c): hits/s (log scale)" + (f"   {', '.join(parts)}" if parts else ""), fontsize=10)
     ax.set_yscale("log")
-    ax.tick_params(axis="x", labelsize=8)
+    ax.tick_params(axis="x", labelsize=7)
     ax.grid(axis="y", alpha=0.3)
 
 
 def _stages(ax: Any, summary: dict[str, Any]) -> None:
-    names = [k for k in ("a", "b", "c_closed", "d") if summary.get(k)]  # (c) burst: all Kafka wait, off scale
+    # (c) bursts: all Kafka wait, off scale
+    names = [k for k in ("a", "b", "c_closed", "c_png_closed", "c_small_closed", "d") if summary.get(k)]
     left = [0.0] * len(names)
     for stage in (*STAGES, "batch_wait", "kafka"):
         widths = [summary[k]["stages_ms"].get(stage) or 0.0 for k in names]
@@ -146,11 +163,11 @@ def _memory_or_latency(ax: Any, summary: dict[str, Any]) -> None:
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
         return
-    names = [k for k in ("a", "b", "c", "c_closed", "d") if summary.get(k)]
+    names = [k for k in _PIPELINE if summary.get(k)]
     x = range(len(names))
     ax.bar([i - 0.2 for i in x], [summary[k]["latency_ms"]["p50"] for k in names], width=0.4, label="p50")
     ax.bar([i + 0.2 for i in x], [summary[k]["latency_ms"]["p99"] for k in names], width=0.4, label="p99")
-    ax.set_xticks(list(x), [_LABELS[k] for k in names], fontsize=8)
+    ax.set_xticks(list(x), [_LABELS[k] for k in names], fontsize=7)
     ax.set_ylabel("ms (request submitted -> result created)")
     ax.set_title("latency under a burst (scenario (f) not run)", fontsize=10)
     ax.legend(fontsize=8)

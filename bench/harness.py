@@ -1,8 +1,11 @@
 """The pipeline side of the benchmark: worker processes, a light request publisher and a light result reader.
 
 Kept light on purpose: the machine may have as few cores as the model uses, so the measuring process must not
-steal them. The reader decodes each result through a projection of the result schema that skips ``masks`` (the
-bulk of a result), and timestamps records on a background thread so a busy main thread cannot delay them.
+steal them, and it must keep up with a worker answering dedup hits (thousands of results per second). The reader
+takes records in batches (``consume(500)``), keeps each one's raw bytes and arrival time under its request id (read
+straight from the Avro bytes: the first field) and decodes nothing on its thread; :func:`decode_arrivals` decodes
+them, through a projection of the result schema that skips ``masks``, after the scenario's clock has stopped. The
+publisher produces a burst whole, then flushes, with a local queue large enough for it.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +39,14 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 #: The per-stage keys a result's ``timings_ms`` may carry, in pipeline order (batch_size is not a duration).
 STAGES = ("decode", "dedup", "queue", "preprocess", "fastsam", "sam2", "postprocess")
+
+#: Records the reader takes per ``consume`` call.
+CONSUME_BATCH = 500
+
+#: The publisher's local queue: room for a burst of 10,000+ requests without BufferError (librdkafka's defaults
+#: are 100,000 messages and 1 GiB, i.e. ~1,800 requests of a 0.55 MB PNG). Past it, produce() waits for
+#: deliveries and the publisher counts a stall (``RequestPublisher.stalls``, reported per scenario).
+PRODUCER_QUEUE = {"queue.buffering.max.messages": 1_000_000, "queue.buffering.max.kbytes": 4 * 2**20}
 
 
 def _light_result_schema() -> Any:
@@ -64,6 +75,33 @@ class Received:
     received_at: float
 
 
+@dataclass(frozen=True, slots=True)
+class Arrival:
+    """One result as the reader keeps it: the raw record value and when it arrived (epoch seconds)."""
+
+    value: bytes
+    received_at: float
+
+
+def peek_request_id(data: bytes) -> str:
+    """The ``request_id`` of a schemaless Avro result without decoding the rest: it is the schema's first field
+    (a string: zig-zag varint length, then UTF-8), and fields are only ever appended, so it stays first."""
+    shift = value = position = 0
+    while True:
+        byte = data[position]
+        position += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            break
+        shift += 7
+        if shift > 63:
+            raise ValueError("bad varint")
+    length = (value >> 1) ^ -(value & 1)
+    if length < 0 or position + length > len(data):
+        raise ValueError(f"bad request_id length {length}")
+    return data[position : position + length].decode("utf-8")
+
+
 def decode_light(data: bytes, received_at: float) -> Received:
     """Decode a result's header fields only (not its masks)."""
     record = fastavro.schemaless_reader(io.BytesIO(data), RESULT_SCHEMA, _LIGHT_SCHEMA)
@@ -85,8 +123,18 @@ def decode_light(data: bytes, received_at: float) -> Received:
     )
 
 
+def decode_arrivals(arrivals: Mapping[str, Arrival]) -> dict[str, Received]:
+    """Decode what :meth:`ResultReader.wait` returned (call it after the scenario's clock has stopped)."""
+    return {request_id: decode_light(a.value, a.received_at) for request_id, a in arrivals.items()}
+
+
 class ResultReader:
-    """Follows output topics from the beginning (assigned, no group) and keeps results by request id."""
+    """Follows output topics from the beginning (assigned, no group) and keeps results by request id.
+
+    Its thread only takes batches of records, stamps them with their arrival time and files their raw bytes by
+    request id (read in ~0.3 us): 11-19 us of CPU per record in all, librdkafka included, so it is not what
+    limits a scenario at 10,000 results/s on one core.
+    """
 
     def __init__(self, bootstrap: str, topics: dict[str, int]) -> None:
         self._consumer = Consumer(
@@ -96,19 +144,21 @@ class ResultReader:
                 "enable.auto.commit": False,
                 # tansu holds a fetch for its whole wait even when data arrives: short, but each fetch costs it CPU
                 "fetch.wait.max.ms": 25,
+                # tansu answers a fetch only when its wait is over: let one answer carry a burst of results
+                "max.partition.fetch.bytes": 16 * 2**20,
+                "fetch.max.bytes": 64 * 2**20,
                 "log_level": 3,
             }
         )
         self._consumer.assign(
             [TopicPartition(topic, p, OFFSET_BEGINNING) for topic, count in topics.items() for p in range(count)]
         )
-        self._results: dict[str, Received] = {}
+        self._arrivals: dict[str, Arrival] = {}
         self._total = 0  # results received so far, of any request
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._quiet = threading.Event()  # set: partitions paused, no polling (see quiet())
         self.errors: list[str] = []
-        self.on_result: Callable[[Received], None] | None = None
         self._thread = threading.Thread(target=self._loop, name="bench-reader", daemon=True)
         self._thread.start()
 
@@ -122,25 +172,26 @@ class ResultReader:
             if paused:
                 self._stop.wait(0.05)
                 continue
-            message = self._consumer.poll(0.05)
-            if message is None:
+            messages = self._consumer.consume(num_messages=CONSUME_BATCH, timeout=0.05)
+            if not messages:
                 continue
             received_at = time.time()
-            if message.error():
-                if message.error().code() != KafkaError._PARTITION_EOF:
-                    self.errors.append(str(message.error()))
-                continue
-            try:
-                result = decode_light(message.value(), received_at)
-            except Exception as exc:  # noqa: BLE001 - a foreign record must not kill the reader
-                self.errors.append(f"undecodable result: {exc}")
-                continue
+            batch: list[tuple[str, Arrival]] = []
+            for message in messages:
+                error = message.error()
+                if error is not None:
+                    if error.code() != KafkaError._PARTITION_EOF:
+                        self.errors.append(str(error))
+                    continue
+                value = message.value()
+                try:
+                    batch.append((peek_request_id(value), Arrival(value, received_at)))
+                except Exception as exc:  # noqa: BLE001 - a foreign record must not kill the reader
+                    self.errors.append(f"unreadable result: {exc}")
             with self._cond:
-                self._results[result.request_id] = result
-                self._total += 1
+                self._arrivals.update(batch)
+                self._total += len(batch)
                 self._cond.notify_all()
-            if self.on_result is not None:
-                self.on_result(result)
 
     @contextlib.contextmanager
     def quiet(self, settle_s: float = 1.5) -> Iterator[None]:
@@ -170,15 +221,16 @@ class ResultReader:
                 self._cond.wait(remaining)
             return self._total
 
-    def wait(self, ids: Iterable[str], timeout: float, alive: Callable[[], None] | None = None) -> dict[str, Received]:
-        """Results for every id, or TimeoutError naming how many are missing; ``alive`` may raise if a worker died."""
+    def wait(self, ids: Iterable[str], timeout: float, alive: Callable[[], None] | None = None) -> dict[str, Arrival]:
+        """The arrival of every id (raw, undecoded: see :func:`decode_arrivals`), or TimeoutError naming how many
+        are missing; ``alive`` may raise if a worker died. The reader forgets what it returns."""
         wanted = set(ids)
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
-                missing = wanted - self._results.keys()
+                missing = wanted - self._arrivals.keys()
                 if not missing:
-                    return {i: self._results[i] for i in wanted}
+                    return {i: self._arrivals.pop(i) for i in wanted}
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise TimeoutError(f"{len(missing)} of {len(wanted)} results missing after {timeout:.0f}s")
@@ -194,46 +246,69 @@ class ResultReader:
 
 @dataclass(frozen=True, slots=True)
 class Sent:
-    """One published request: its id, where it went and when (epoch ms, as in the request's submitted_at_ms)."""
+    """One published request: its id, where it went, when (epoch ms, as in the request's submitted_at_ms) and its
+    size on the wire (the Avro value)."""
 
     request_id: str
     submitted_at_ms: int
     partition: int
+    size_bytes: int
 
 
 class RequestPublisher:
     """Publishes Avro requests exactly as :class:`producers.publisher.SegmentationProducer` does (same encoding,
-    headers and producer settings), but to an explicit partition so two workers get equal shares."""
+    headers and producer settings, plus a local queue sized for a burst: :data:`PRODUCER_QUEUE`), but to an
+    explicit partition so two workers get equal shares."""
 
     def __init__(self, settings: KafkaSettings) -> None:
-        self._producer: Producer = make_producer(settings)
+        self._producer: Producer = make_producer(settings, **PRODUCER_QUEUE)
         self._errors: list[str] = []
+        #: produce() calls refused with BufferError (local queue full) so far; each waited for deliveries
+        self.stalls = 0
 
-    def publish(self, topic: str, payload: bytes, *, partition: int, params: SegmentParams, source: str) -> Sent:
+    def _produce(self, topic: str, payload: bytes, partition: int, params: SegmentParams, source: str) -> Sent:
         request_id = uuid.uuid4().hex
         submitted = now_ms()
         request = SegmentRequest(request_id, payload, params=params, source=source, submitted_at_ms=submitted)
+        value = encode_request(request)
         while True:
             try:
                 self._producer.produce(
                     topic,
-                    value=encode_request(request),
+                    value=value,
                     key=request_id.encode(),
                     headers=request_headers(request),
                     partition=partition,
                     on_delivery=self._delivered,
                 )
-                break
+                return Sent(request_id, submitted, partition, len(value))
             except BufferError:
+                self.stalls += 1
                 self._producer.poll(0.05)
+
+    def publish(self, topic: str, payload: bytes, *, partition: int, params: SegmentParams, source: str) -> Sent:
+        """One request, handed to librdkafka at once (it sends after ``linger.ms``); for closed loops."""
+        sent = self._produce(topic, payload, partition, params, source)
         self._producer.poll(0)
-        return Sent(request_id, submitted, partition)
+        return sent
+
+    def publish_burst(
+        self, topic: str, payloads: Sequence[bytes], *, partitions: int, params: SegmentParams, source: str
+    ) -> list[Sent]:
+        """All of ``payloads`` round robin over ``partitions``, produced back to back, then flushed."""
+        sent = []
+        for i, payload in enumerate(payloads):
+            sent.append(self._produce(topic, payload, i % partitions, params, source))
+            if i % 256 == 255:
+                self._producer.poll(0)  # delivery callbacks, so the queue's bookkeeping does not pile up
+        self.flush()
+        return sent
 
     def _delivered(self, error: KafkaError | None, _message: Any) -> None:
         if error is not None:
             self._errors.append(str(error))
 
-    def flush(self, timeout: float = 60.0) -> None:
+    def flush(self, timeout: float = 120.0) -> None:
         left = self._producer.flush(timeout)
         if left or self._errors:
             raise RuntimeError(f"publishing failed: {left} undelivered, errors {self._errors[:3]}")

@@ -4,7 +4,8 @@ One process, one machine, the same images for every scenario:
 
 (a) bare loop: ``Segmenter.segment`` image by image (no Kafka, no Redis) — the limit;
 (b) the full pipeline with one worker process through a real broker (tansu) and a real redis-server;
-(c) the dedup hit path: the images of (b) again, already cached;
+(c) the dedup hit path: requests the worker answers from Redis, as a burst and closed loop: the images of (b)
+    again (broker-bandwidth-bound), and small JPEGs (what bounds the worker's hits/s);
 (d) two worker processes in one group on a 2-partition topic;
 (e) ``Segmenter.segment_batch`` at batch sizes 1/2/4/8 over the same images;
 (f) (opt-in) worker RSS over 10,000 requests, mostly dedup hits.
@@ -26,6 +27,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import metadata
@@ -45,7 +47,7 @@ from bench.harness import (
     start_worker,
     worker_environment,
 )
-from bench.images import encode_jpeg, make_images
+from bench.images import encode_jpeg, make_images, synthetic_image
 from bench.patched_worker import keep_torch_threads
 from bench.scenarios import (
     PipelineContext,
@@ -58,9 +60,11 @@ from bench.scenarios import (
 )
 from bench.stats import clean_for_json, median_of
 from pipeline.checkpoints import ensure_demo_checkpoints
+from pipeline.image_io import decode_image
 from pipeline.models import _import_torch
 from pipeline.segmenter import Segmenter
 from pipeline.settings import ModelSettings
+from pipeline.types import ModelChoice, SegmentParams
 from segpipe.config import KafkaSettings, RedisSettings, WorkerSettings
 from segpipe.services import LocalKafka, LocalRedis, create_topics, start_kafka, start_redis
 
@@ -68,6 +72,15 @@ ALL_SCENARIOS = ("a", "b", "c", "d", "e", "f")
 DEFAULT_SCENARIOS = "a,b,c,d,e"
 #: Seeds of images that warm models up; never measured, never equal to a measured image.
 WARM_SEED = 10_000
+#: Seeds of (c)'s small JPEGs.
+SMALL_SEED = 20_000
+#: The results of scenario (c), in the order they run: key -> (variant, closed loop).
+HIT_RUNS = {
+    "c_png": ("png", False),
+    "c_png_closed": ("png", True),
+    "c_small": ("small", False),
+    "c_small_closed": ("small", True),
+}
 
 
 @dataclass(frozen=True)
@@ -84,6 +97,9 @@ class Options:
     imgsz: int | None
     conf: float
     hits: int
+    png_hits: int
+    small_images: int
+    small_size: tuple[int, int]
     batch_sizes: tuple[int, ...]
     memory_requests: int
     worker_batch_size: int | None
@@ -107,7 +123,27 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--imgsz", type=int, default=None, help="FASTSAM_IMGSZ (default: the product default)")
     parser.add_argument("--conf", type=float, default=0.005, help="DEFAULT_CONF: 0.005 lets random FastSAM answer")
-    parser.add_argument("--hits", type=int, default=200, help="requests in (c), cycling over the cached images")
+    parser.add_argument(
+        "--hits",
+        type=int,
+        default=5000,
+        help="requests of (c) on small JPEGs, burst and closed loop, cycling over --small-images (0: skip)",
+    )
+    parser.add_argument(
+        "--png-hits",
+        type=int,
+        default=400,
+        help="requests of (c) on the --images PNGs, burst and closed loop (0: skip); few, as each is ~0.55 MB "
+        "the broker must move and keep (tansu's memory storage)",
+    )
+    parser.add_argument(
+        "--small-images", type=int, default=8, help="distinct small JPEGs of (c), computed once to prime the cache"
+    )
+    parser.add_argument(
+        "--small-size",
+        default="160x120",
+        help="WxH of (c)'s small JPEGs (~4 KB); the random FastSAM finds no mask at 128x96 with imgsz 1024",
+    )
     parser.add_argument("--batch-sizes", default="1,2,4,8", help="batch sizes of (e)")
     parser.add_argument("--memory-requests", type=int, default=10_000, help="requests in (f)")
     parser.add_argument(
@@ -123,8 +159,9 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         "--window",
         type=int,
         default=None,
-        help="closed-loop requests without a result, in (c) closed loop and (f); default MAX_WORKERS - 1, below the "
-        "in-flight bound at which a worker pauses its partitions",
+        help="closed-loop requests without a result, in (c) closed loop and (f); default 7/8 of MAX_IN_FLIGHT "
+        "(the workers' value: --worker-env, --worker-patch or the settings), below the bound at which a worker "
+        "pauses its partitions",
     )
     parser.add_argument(
         "--fetch-wait-ms",
@@ -154,6 +191,15 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         parser.error(f"unknown scenarios {unknown}: choose from {','.join(ALL_SCENARIOS)}")
     if args.images < 1 or args.repeat < 1:
         parser.error("--images and --repeat must be at least 1")
+    if args.hits < 0 or args.png_hits < 0 or args.small_images < 1:
+        parser.error("--hits and --png-hits must be at least 0, --small-images at least 1")
+    try:
+        small_size = tuple(int(v) for v in args.small_size.lower().split("x"))
+    except ValueError:
+        small_size = ()
+    if len(small_size) != 2 or min(small_size) < 1:
+        parser.error(f"--small-size {args.small_size!r}: expected WxH, e.g. 160x120")
+    worker_env = dict(item.split("=", 1) for item in args.worker_env)
     return Options(
         images=args.images,
         repeat=args.repeat,
@@ -165,17 +211,34 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         imgsz=args.imgsz,
         conf=args.conf,
         hits=args.hits,
+        png_hits=args.png_hits,
+        small_images=args.small_images,
+        small_size=(small_size[0], small_size[1]),
         batch_sizes=tuple(int(s) for s in args.batch_sizes.split(",")),
         memory_requests=args.memory_requests,
         worker_batch_size=args.worker_batch_size,
-        worker_env=dict(item.split("=", 1) for item in args.worker_env),
+        worker_env=worker_env,
         worker_patch=args.worker_patch,
-        window=args.window if args.window is not None else max(1, WorkerSettings().max_workers - 1),
+        window=args.window if args.window is not None else default_window(worker_env, args.worker_patch),
         fetch_wait_ms=args.fetch_wait_ms,
         torch_threads=args.torch_threads,
         timeout_s=args.timeout,
         checkpoints=args.checkpoints,
     )
+
+
+def default_window(worker_env: dict[str, str], worker_patch: str) -> int:
+    """7/8 of the workers' MAX_IN_FLIGHT: below where a worker pauses its partitions, and wide enough that the
+    round trip through tansu (~100 ms: it answers a waiting fetch only when the fetch wait ends) does not cap a
+    closed loop's rate (at most window / round trip: 128 in flight measured 1,400/s, 224 measured 2,134/s)."""
+    bound = WorkerSettings().max_in_flight
+    if "MAX_IN_FLIGHT" in worker_env:
+        bound = int(worker_env["MAX_IN_FLIGHT"])
+    for item in worker_patch.split(";"):
+        name, _, value = item.strip().partition("=")
+        if name == "max_in_flight":
+            bound = int(value)
+    return max(1, bound * 7 // 8)
 
 
 def _log(message: str) -> None:
@@ -230,6 +293,9 @@ class Bench:
         os.environ.update(self.model_env)
         self.settings = ModelSettings()
         self.images = make_images(options.images, options.width, options.height)
+        # (c)'s small requests: distinct JPEGs, a few KB each (the pixels differ from every PNG's)
+        width, height = options.small_size
+        self.small = [encode_jpeg(synthetic_image(SMALL_SEED + i, width, height)) for i in range(options.small_images)]
         self.kafka: LocalKafka | None = None
         self.redis: LocalRedis | None = None
         self.ctx: PipelineContext | None = None
@@ -317,6 +383,25 @@ class Bench:
         # ultralytics' select_device() sets torch's threads to min(8, cpus - 1) on CPU at the first predict; the
         # workers go through the same call, so this is also their count (they get it as OMP_NUM_THREADS too).
         self.torch_threads = _import_torch().get_num_threads()
+        if "c" in self.o.scenarios and self.o.hits:
+            self.check_small_images()
+
+    def check_small_images(self) -> None:
+        """Refuse to start unless FastSAM answers every small JPEG of (c): the worker computes each once to prime
+        the cache, and one FastSAM misses would go to SAM2's automatic mask generator (minutes on a CPU). Asked
+        for FastSAM only here, so a miss costs a FastSAM call, not that."""
+        assert self.segmenter is not None
+        settings = self.segmenter.settings
+        for i, jpeg in enumerate(self.small):
+            result = self.segmenter.segment(decode_image(jpeg), params=SegmentParams(model=ModelChoice.FASTSAM))
+            best = max((m.predicted_iou for m in result.masks), default=None)
+            if best is None or best < settings.fallback_min_score:
+                width, height = self.o.small_size
+                raise SystemExit(
+                    f"FastSAM finds no usable mask in (c)'s small JPEG {i} ({width}x{height}) at conf "
+                    f"{settings.default_conf}, imgsz {settings.fastsam_imgsz}: SAM2 would answer it (minutes on a "
+                    "CPU); use a larger --small-size (160x120 works at imgsz 512 and 1024)"
+                )
 
     def warm_workers(self, group: str, workers: list[WorkerProcess], partitions: int) -> None:
         """Send fresh warm-up images until every partition is served and each worker has answered (group settled)."""
@@ -328,9 +413,9 @@ class Bench:
         while time.monotonic() < deadline:
             warm = make_images(partitions, self.o.width, self.o.height, first_seed=seed)
             seed += partitions
-            _, results, _, _ = publish_and_collect(
+            results = publish_and_collect(
                 self.ctx, topic, partitions, [w.png for w in warm], workers, source="bench-warm-up"
-            )
+            ).decoded()
             if {r.worker_id for r in results.values()} == expected:
                 return
         raise TimeoutError(f"workers {sorted(expected)} did not all get partitions of {topic}")
@@ -349,6 +434,14 @@ class Bench:
 
     def pngs(self) -> list[bytes]:
         return [image.png for image in self.images]
+
+    def hit_label(self, key: str) -> str:
+        variant, closed = HIT_RUNS[key]
+        if variant == "png":
+            what = f"{self.o.width}x{self.o.height} PNG"
+        else:
+            what = "small JPEG ({}x{})".format(*self.o.small_size)
+        return f"(c) hits, {what}, " + (f"closed loop ({self.o.window} in flight)" if closed else "burst")
 
 
 def _in_process(bench: Bench, repeat: int, run: dict[str, Any]) -> None:
@@ -387,18 +480,10 @@ def _iterate_repeats(bench: Bench) -> Iterator[tuple[int, dict[str, Any]]]:
             if "b" in o.scenarios:
                 run["b"] = pipeline_run(bench.ctx, topic, 2, bench.pngs(), [workers["bench-b"]], source="bench-b")
                 _log(f"repeat {repeat + 1}: (b) {run['b']['images_per_s']:.3f} img/s")
-            else:  # (c) alone: the cache must hold the images first (not measured)
+            elif o.png_hits:  # (c) alone: the cache must hold the images first (not measured)
                 publish_and_collect(bench.ctx, topic, 2, bench.pngs(), [workers["bench-b"]], source="bench-c-prime")
             if "c" in o.scenarios:
-                payloads = [bench.pngs()[i % len(bench.images)] for i in range(o.hits)]
-                run["c"] = pipeline_run(bench.ctx, topic, 2, payloads, [workers["bench-b"]], source="bench-c")
-                run["c_closed"] = pipeline_run(
-                    bench.ctx, topic, 2, payloads, [workers["bench-b"]], source="bench-c", window=o.window
-                )
-                _log(
-                    f"repeat {repeat + 1}: (c) {run['c']['images_per_s']:.1f} hits/s as a burst, "
-                    f"{run['c_closed']['images_per_s']:.1f} closed loop ({run['c']['cached']} cached)"
-                )
+                _dedup_hits(bench, repeat, run, topic)
         if "d" in o.scenarios:
             assert bench.ctx is not None
             bench.flush_redis()
@@ -406,6 +491,45 @@ def _iterate_repeats(bench: Bench) -> Iterator[tuple[int, dict[str, Any]]]:
             run["d"] = pipeline_run(bench.ctx, bench.topics["d"][0], 2, bench.pngs(), pair, source="bench-d")
             _log(f"repeat {repeat + 1}: (d) {run['d']['images_per_s']:.3f} img/s")
         yield repeat, run
+
+
+def _dedup_hits(bench: Bench, repeat: int, run: dict[str, Any], topic: str) -> None:
+    """(c): the PNGs of (b) again (already cached by (b) or the priming), then small JPEGs, which the worker
+    computes once first (not measured); each as a burst and closed loop."""
+    o, ctx, worker = bench.o, bench.ctx, [bench.workers["bench-b"]]
+    assert ctx is not None
+    if o.hits:
+        prime = publish_and_collect(ctx, topic, 2, bench.small, worker, source="bench-c-prime-small").decoded()
+        models = Counter(str(r.model) for r in prime.values())
+        if set(models) != {"fastsam"}:
+            raise RuntimeError(f"(c) small JPEGs primed by {dict(models)}, expected fastsam only")
+    for key, (variant, closed) in HIT_RUNS.items():
+        if variant == "png":
+            images, count = bench.pngs(), o.png_hits
+        else:
+            images, count = bench.small, o.hits
+        if not count:
+            continue
+        payloads = [images[i % len(images)] for i in range(count)]
+        result = pipeline_run(
+            ctx,
+            topic,
+            2,
+            payloads,
+            worker,
+            source=f"bench-{key.replace('_', '-')}",
+            window=o.window if closed else None,
+            label=bench.hit_label(key),
+        )
+        result["hits_per_s"] = result["images_per_s"]
+        result["worker_cpu_ms_per_hit"] = result["cpu_s_per_image"] * 1000.0
+        run[key] = result
+        _log(
+            f"repeat {repeat + 1}: {result['label']}: {result['hits_per_s']:.1f} hits/s "
+            f"({result['cached']}/{count} cached), in {result['mb_in_per_s']:.1f} MB/s, "
+            f"out {result['mb_out_per_s']:.2f} MB/s, p50 {result['latency_ms']['p50']:.0f} ms, "
+            f"p99 {result['latency_ms']['p99']:.0f} ms, worker {result['worker_cpu_ms_per_hit']:.3f} CPU-ms/hit"
+        )
 
 
 def _memory(bench: Bench) -> dict[str, Any]:
@@ -427,7 +551,7 @@ def summarise(runs: list[dict[str, Any]], memory: dict[str, Any] | None) -> dict
     """Medians over repeats, the ratios b/a and d/b (median of per-repeat ratios: each repeat is one paired trial),
     and a breakdown of the gap between (b) and (a)."""
     summary: dict[str, Any] = {}
-    for key in ("a", "b", "c", "c_closed", "d", "e", "steps"):
+    for key in ("a", "b", *HIT_RUNS, "d", "e", "steps"):
         values = [run[key] for run in runs if key in run]
         if values:
             summary[key] = median_of(values)
@@ -435,7 +559,8 @@ def summarise(runs: list[dict[str, Any]], memory: dict[str, Any] | None) -> dict
         curves = [run["e"]["curve"] for run in runs if "e" in run]
         summary["e"]["curve"] = [median_of([curve[i] for curve in curves]) for i in range(len(curves[0]))]
     ratios: dict[str, Any] = {}
-    for name, (top, bottom) in {"b_over_a": ("b", "a"), "d_over_b": ("d", "b"), "c_over_b": ("c", "b")}.items():
+    pairs = {"b_over_a": ("b", "a"), "d_over_b": ("d", "b"), "c_png_over_b": ("c_png", "b")}
+    for name, (top, bottom) in pairs.items():
         paired = [
             run[top]["images_per_s"] / run[bottom]["images_per_s"] for run in runs if top in run and bottom in run
         ]
@@ -476,14 +601,9 @@ def print_report(report: dict[str, Any]) -> None:
     header = f"{'scenario':<26}{'img/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'cpu s/img':>10}  " + " ".join(
         f"{k:>8}" for k in (*STAGES, "batch_wait", "kafka")
     )
-    print(header)
-    labels = {
-        "a": "(a) bare loop",
-        "b": "(b) pipeline 1 worker",
-        "c": "(c) dedup hits, burst",
-        "c_closed": "(c) hits, closed loop",
-        "d": "(d) 2 workers",
-    }
+    labels = {"a": "(a) bare loop", "b": "(b) pipeline 1 worker", "d": "(d) 2 workers"}
+    if labels.keys() & s.keys():
+        print(header)
     for key, label in labels.items():
         if key not in s:
             continue
@@ -492,6 +612,26 @@ def print_report(report: dict[str, Any]) -> None:
         print(
             f"{label:<26}{row['images_per_s']:9.3f}{row['latency_ms']['p50']:9.0f}{row['latency_ms']['p99']:9.0f}"
             f"{row['cpu_s_per_image']:10.3f}  {stages}"
+        )
+    hits = [key for key in HIT_RUNS if key in s]
+    if hits:
+        width = max(len(s[key]["label"]) for key in hits) + 2
+        print(
+            f"\n{'dedup hits (c)':<{width}}{'hits/s':>9}{'MB/s in':>9}{'MB/s out':>9}{'p50 ms':>9}{'p99 ms':>9}"
+            f"{'worker CPU ms/hit':>19}{'stalled s':>11}{'window bound/s':>16}{'cached':>13}"
+        )
+        for key in hits:
+            row = s[key]
+            bound = row.get("window_bound_per_s")
+            print(
+                f"{row['label']:<{width}}{row['hits_per_s']:9.1f}{row['mb_in_per_s']:9.1f}{row['mb_out_per_s']:9.2f}"
+                f"{row['latency_ms']['p50']:9.0f}{row['latency_ms']['p99']:9.0f}{row['worker_cpu_ms_per_hit']:19.3f}"
+                f"{row['arrival_gaps']['over_200ms_s']:11.2f}{'-' if bound is None else f'{bound:.0f}':>16}"
+                f"{row['cached']:>7.0f}/{row['images']:<5.0f}"
+            )
+        print(
+            "  stalled s: time in gaps of >= 200 ms between consecutive results (the worker pausing); window bound: "
+            "closed-loop window / mean round trip (submitted -> received), the most a closed loop can reach"
         )
     for name, value in s["ratios"].items():
         if not name.endswith("_per_repeat"):
@@ -556,6 +696,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 "imgsz": bench.settings.fastsam_imgsz,
                 "conf": bench.settings.default_conf,
                 "hits": options.hits,
+                "png_hits": options.png_hits,
+                "small_images": options.small_images,
+                "small_size": list(options.small_size),
+                "small_bytes_mean": sum(len(j) for j in bench.small) / len(bench.small),
                 "batch_sizes": list(options.batch_sizes),
                 "memory_requests": options.memory_requests if memory is not None else None,
                 "worker_batch_size": options.worker_batch_size,

@@ -6,6 +6,7 @@ memory over many requests, plus the per-step cost of everything the pipeline doe
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 import time
@@ -19,12 +20,14 @@ import psutil
 
 from bench.harness import (
     STAGES,
+    Arrival,
     ProcessCpu,
     Received,
     RequestPublisher,
     ResultReader,
     Sent,
     WorkerProcess,
+    decode_arrivals,
     own_cpu_s,
 )
 from bench.images import BenchImage
@@ -217,6 +220,20 @@ class PipelineContext:
     others: dict[str, psutil.Process] = field(default_factory=dict)
 
 
+@dataclass
+class Collected:
+    """What one publish-and-collect pass sent and got back (raw: decode with :meth:`decoded` off the clock)."""
+
+    sent: list[Sent]
+    arrivals: dict[str, Arrival]
+    started: float  # epoch s, first publish
+    published: float  # epoch s, every request handed over and flushed
+    ended: float  # epoch s, last result received
+
+    def decoded(self) -> dict[str, Received]:
+        return decode_arrivals(self.arrivals)
+
+
 def publish_and_collect(
     ctx: PipelineContext,
     topic: str,
@@ -226,9 +243,9 @@ def publish_and_collect(
     *,
     source: str,
     window: int | None = None,
-) -> tuple[list[Sent], dict[str, Received], float, float]:
-    """Publish round-robin over the partitions — all at once, or keeping at most ``window`` requests without a
-    result (closed loop) — and return what was sent, the results, and the first-publish / last-result times.
+) -> Collected:
+    """Publish round-robin over the partitions — all at once (produce all, then flush), or keeping at most
+    ``window`` requests without a result (closed loop) — and collect every result, undecoded.
 
     Closed loop assumes no other results arrive meanwhile (scenarios run one at a time and wait for all theirs).
     """
@@ -239,11 +256,9 @@ def publish_and_collect(
 
     started = time.time()
     if window is None:  # open loop: the whole burst at once
-        sent = [
-            ctx.publisher.publish(topic, payload, partition=i % partitions, params=SegmentParams(), source=source)
-            for i, payload in enumerate(payloads)
-        ]
-        ctx.publisher.flush()
+        sent = ctx.publisher.publish_burst(
+            topic, payloads, partitions=partitions, params=SegmentParams(), source=source
+        )
     else:  # closed loop: at most `window` requests without a result
         sent = []
         base = ctx.reader.total
@@ -255,9 +270,10 @@ def publish_and_collect(
                 ctx.publisher.publish(topic, payload, partition=i % partitions, params=SegmentParams(), source=source)
             )
         ctx.publisher.flush()
-    results = ctx.reader.wait([s.request_id for s in sent], ctx.timeout_s, alive)
-    ended = max(r.received_at for r in results.values())
-    return sent, results, started, ended
+    published = time.time()
+    arrivals = ctx.reader.wait([s.request_id for s in sent], ctx.timeout_s, alive)
+    ended = max(a.received_at for a in arrivals.values())
+    return Collected(sent, arrivals, started, published, ended)
 
 
 def pipeline_run(
@@ -269,18 +285,22 @@ def pipeline_run(
     *,
     source: str,
     window: int | None = None,
+    label: str | None = None,
 ) -> dict[str, Any]:
     """(b)/(c)/(d): requests through the broker (a burst, or closed loop with ``window``); throughput from first
-    publish to last result."""
+    publish to last result. Results are decoded after the clock and the CPU counters have stopped."""
     watched = {w.worker_id: w.ps for w in workers} | {"broker": ctx.broker, "redis": ctx.redis}
     cpu = ProcessCpu(watched)
     own_start = own_cpu_s()
-    sent, results, started, ended = publish_and_collect(
-        ctx, topic, partitions, payloads, workers, source=source, window=window
-    )
-    wall = ended - started
+    stalls_before = ctx.publisher.stalls
+    collected = publish_and_collect(ctx, topic, partitions, payloads, workers, source=source, window=window)
     cpu_delta = cpu.delta()
     cpu_delta["bench"] = own_cpu_s() - own_start
+    decode_started = time.perf_counter()
+    results = collected.decoded()
+    decode_s = time.perf_counter() - decode_started
+    sent, started, ended = collected.sent, collected.started, collected.ended
+    wall = ended - started
     by_id = {s.request_id: s for s in sent}
     ordered = [results[s.request_id] for s in sent]
     e2e = [r.created_at_ms - by_id[r.request_id].submitted_at_ms for r in ordered]
@@ -301,7 +321,12 @@ def pipeline_run(
             "cpu_s": cpu_delta.get(worker.worker_id, math.nan),
         }
     worker_cpu = sum(cpu_delta.get(w.worker_id, 0.0) for w in workers)
-    return {
+    bytes_in = sum(s.size_bytes for s in sent)
+    bytes_out = sum(r.size_bytes for r in ordered)
+    metrics: dict[str, Any] = {
+        "label": label or source,
+        "mode": "burst" if window is None else "closed loop",
+        "window": window,
         "images": count,
         "wall_s": wall,
         "images_per_s": count / wall,
@@ -317,7 +342,36 @@ def pipeline_run(
         "models": dict(Counter(str(r.model) for r in ordered)),
         "cached": sum(r.cached for r in ordered),
         "errors": dict(Counter(r.error_code for r in ordered if r.error_code)),
-        "result_bytes": mean(r.size_bytes for r in ordered),
+        "request_bytes": bytes_in / count,
+        "result_bytes": bytes_out / count,
+        # through the broker, first publish -> last result: requests in, results out (the Avro values)
+        "mb_in_per_s": bytes_in / wall / 1e6,
+        "mb_out_per_s": bytes_out / wall / 1e6,
+        # the bench's own side, to show it is not the bottleneck
+        "publish_s": collected.published - started,
+        "publish_stalls": ctx.publisher.stalls - stalls_before,
+        "bench_decode_us_per_result": decode_s * 1e6 / count,
+        "round_trip_ms": latency_summary(
+            [r.received_at * 1000.0 - by_id[r.request_id].submitted_at_ms for r in ordered]
+        ),
+        "arrival_gaps": arrival_gaps(started, [r.received_at for r in ordered]),
+    }
+    if window is not None:  # Little's law: a closed loop cannot beat window / round trip, however fast the worker
+        metrics["window_bound_per_s"] = window / (metrics["round_trip_ms"]["mean"] / 1000.0)
+    return metrics
+
+
+def arrival_gaps(started: float, received_at: Sequence[float], stall_s: float = 0.2) -> dict[str, float]:
+    """When results came: the first one after the first publish, and the pauses between consecutive ones (a stall
+    of the worker, e.g. a pause/resume of its partitions, shows as a gap of ~1 s while the rest are ms)."""
+    times = sorted(received_at)
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    stalls = [g for g in gaps if g >= stall_s]
+    return {
+        "first_result_ms": (times[0] - started) * 1000.0 if times else math.nan,
+        "max_ms": max(gaps, default=math.nan) * 1000.0,
+        f"over_{stall_s * 1000:.0f}ms_count": len(stalls),
+        f"over_{stall_s * 1000:.0f}ms_s": sum(stalls),
     }
 
 
@@ -363,9 +417,9 @@ def memory_run(
         rss_after_prime = worker.rss_mb()
         sampler.start()
         repeats = [prime_payloads[i % len(prime_payloads)] for i in range(total - len(prime_payloads))]
-        _, results, started, ended = publish_and_collect(
-            ctx, topic, 1, repeats, [worker], source="bench-f", window=window
-        )
+        collected = publish_and_collect(ctx, topic, 1, repeats, [worker], source="bench-f", window=window)
+        started, ended = collected.started, collected.ended
+        results = collected.decoded()
         time.sleep(sample_s)
     finally:
         stop.set()

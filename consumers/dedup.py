@@ -1,7 +1,13 @@
 """Redis deduplication: the same image with the same parameters is segmented once; repeats get the stored result.
 
 Key = sha256 over the decoded pixels' hash, the prompts, the resolved parameters and a fingerprint of the models
-and settings that shape masks, so a changed checkpoint or threshold never serves a stale result.
+and settings that shape masks, so a changed checkpoint or threshold never serves a stale result. The same image sent
+as PNG, JPEG-decoded array or base64 therefore shares one entry.
+
+Repeats of the *same payload* (the common case: a client retrying, a frame re-sent) skip even the image decode: every
+stored result also gets an alias keyed by the sha256 of the payload bytes as sent (with the same prompts, parameters
+and fingerprint) pointing at its entry, and :meth:`DedupCache.lookup_payloads` resolves a whole batch of records in
+two Redis round trips. A miss there (alias absent or its entry expired) falls through to the pixel key.
 
 Two copies in flight at once: the first claims the key (``SET NX`` with a short TTL, kept alive by a heartbeat while
 its owner works); the second waits for the stored result for as long as the claim lives. A killed owner stops
@@ -29,7 +35,7 @@ from segpipe.config import RedisSettings
 
 log = logging.getLogger(__name__)
 
-KEY_PREFIX = "segpipe:v1"
+KEY_PREFIX = "segpipe:v2"  # v2: entries in schemas.stored layout, payload aliases
 
 
 def model_fingerprint(settings: ModelSettings) -> str:
@@ -65,6 +71,18 @@ def dedup_key(image_sha256: str, prompts: Prompts, params: SegmentParams, finger
         default=str,
     )
     return f"{KEY_PREFIX}:result:{hashlib.sha256(material.encode()).hexdigest()}"
+
+
+def payload_key(payload: bytes | str, prompts: Prompts, params: SegmentParams, fingerprint: str) -> str:
+    """The alias key of a request's image payload exactly as sent (before any decoding)."""
+    data = payload.encode("utf-8") if isinstance(payload, str) else payload
+    material = json.dumps(
+        {"payload": hashlib.sha256(data).hexdigest(), "prompts": asdict(prompts), "params": asdict(params)},
+        sort_keys=True,
+        default=str,
+    )
+    digest = hashlib.sha256(f"{material}|{fingerprint}".encode()).hexdigest()
+    return f"{KEY_PREFIX}:payload:{digest}"
 
 
 class DedupCache:
@@ -139,6 +157,21 @@ class DedupCache:
         self._ok()
         return value
 
+    def lookup_payloads(self, aliases: list[str]) -> list[bytes | None]:
+        """Stored results for payload aliases, in order (None: not stored, or Redis unreachable): two round trips for
+        the whole batch, one to resolve the aliases and one to read their entries."""
+        if not aliases:
+            return []
+        try:
+            targets = self.client.mget(aliases)
+            wanted = [target.decode() for target in targets if target is not None]
+            values = iter(self.client.mget(wanted)) if wanted else iter(())
+        except redis.RedisError as exc:
+            self._failed("mget", exc)
+            return [None] * len(aliases)
+        self._ok()
+        return [None if target is None else next(values) for target in targets]
+
     def claim(self, key: str, owner: str) -> bool:
         """Try to become the one who segments this key. True also when Redis is down (then nobody coordinates)."""
         try:
@@ -173,11 +206,13 @@ class DedupCache:
                 return None
             time.sleep(interval)
 
-    def put(self, key: str, value: bytes, owner: str) -> None:
-        """Store a result for REDIS_TTL seconds and drop our claim."""
+    def put(self, key: str, value: bytes, owner: str, *, aliases: tuple[str, ...] = ()) -> None:
+        """Store a result for REDIS_TTL seconds, point ``aliases`` (payload keys) at it, and drop our claim."""
         try:
             pipe = self.client.pipeline()
             pipe.set(key, value, ex=self.settings.ttl)
+            for alias in aliases:
+                pipe.set(alias, key, ex=self.settings.ttl)
             pipe.delete(f"{key}:claim")
             pipe.execute()
         except redis.RedisError as exc:
@@ -185,6 +220,15 @@ class DedupCache:
             return
         finally:
             self._forget(key)
+        self._ok()
+
+    def alias(self, alias: str, key: str) -> None:
+        """Point a payload alias at a stored entry (best effort: a missing alias only costs a decode)."""
+        try:
+            self.client.set(alias, key, ex=self.settings.ttl)
+        except redis.RedisError as exc:
+            self._failed("alias", exc)
+            return
         self._ok()
 
     def _forget(self, key: str) -> None:

@@ -124,6 +124,9 @@ class _LiveState(Collector):
         yield GaugeMetricFamily(
             "segpipe_in_flight", "Records consumed and not yet acknowledged", worker.tracker.count()
         )
+        yield GaugeMetricFamily(
+            "segpipe_backlog", "Records waiting for a model-path slot (not answered by the cache)", worker.backlog
+        )
         yield GaugeMetricFamily("segpipe_consumed", "Records consumed since start", worker.stats.consumed)
         yield GaugeMetricFamily("segpipe_assigned_partitions", "Input partitions assigned", len(worker.assigned))
         yield GaugeMetricFamily("segpipe_paused", "1 while fetching is paused for back-pressure", int(worker.paused))
@@ -141,6 +144,7 @@ def health(worker: Worker, *, stall_after_s: float | None = None) -> tuple[bool,
         "since_last_poll_s": round(since_poll, 3),
         "assigned_partitions": len(worker.assigned),
         "in_flight": worker.tracker.count(),
+        "backlog": worker.backlog,
         "paused": worker.paused,
         "redis": None if worker.processor.cache is None else worker.processor.cache.healthy,
         "worker_id": worker.processor.worker_id,

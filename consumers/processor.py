@@ -1,7 +1,15 @@
-"""What a worker does with one record, with no Kafka in sight: request -> image -> dedup -> segment -> result.
+"""What a worker does with records, with no Kafka in sight: request -> image -> dedup -> segment -> result.
 
 The Kafka loop (:mod:`consumers.worker`) hands over :class:`InboundRecord` values and publishes the
-:class:`Outcome` it gets back. Every failure becomes an error result plus a dead-letter record carrying the original
+:class:`Outcome` it gets back. Two paths:
+
+- the **fast path**, :meth:`RequestProcessor.prepare_batch`, for a batch of records: parse each request and answer
+  every repeat of a stored payload from the cache (one payload hash each, two Redis round trips per batch, the stored
+  result spliced rather than re-encoded: see :mod:`schemas.stored`). No image is decoded.
+- the **model path**, :meth:`RequestProcessor.prepare` then :meth:`RequestProcessor.segment`, for the rest: decode,
+  check, look up / claim the pixel-level key (another encoding of the same image, or a peer computing it now), and
+  run the model a micro-batch at a time.
+ Every failure becomes an error result plus a dead-letter record carrying the original
 payload and the reason: bad input never raises out of here (the ok/err split of a stream processor).
 """
 
@@ -9,12 +17,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from consumers.dedup import DedupCache, dedup_key, model_fingerprint
+from consumers.dedup import DedupCache, dedup_key, model_fingerprint, payload_key
 from pipeline.errors import ImageTooLargeError, MalformedRequestError, SegmentationError
 from pipeline.image_io import ImageLimits, decode_image, image_sha256
 from pipeline.segmenter import Segmenter, resolve_params, validate_prompts
@@ -25,7 +33,6 @@ from schemas import (
     Header,
     SegmentRequest,
     SegmentResultMessage,
-    decode_result,
     encode_result,
     headers_from_kafka,
     is_avro_request,
@@ -35,6 +42,7 @@ from schemas import (
     peek_request_envelope,
 )
 from schemas.registry import PLAIN, WireCodec
+from schemas.stored import StoredResult, encode_stored
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +82,17 @@ class Outcome:
     submitted_at_ms: int = 0  # when the producer sent the request (0: unknown), for end-to-end latency
 
 
+@dataclass(frozen=True, slots=True)
+class ParsedRequest:
+    """A record whose request parsed but that the cache did not answer by its payload: it needs the model path."""
+
+    record: InboundRecord
+    request: SegmentRequest
+    params: SegmentParams
+    payload_key: str
+    started: float  # perf_counter when its handling began, for the decode timing
+
+
 @dataclass(slots=True)
 class PendingSegmentation:
     """A request that passed every check and now needs a model (or another worker's stored result)."""
@@ -85,6 +104,7 @@ class PendingSegmentation:
     params: SegmentParams
     cache_key: str
     timings_ms: dict[str, float] = field(default_factory=dict)
+    payload_key: str | None = None
     enqueued_at: float = field(default_factory=time.perf_counter)
 
 
@@ -111,9 +131,26 @@ class RequestProcessor:
         self.fingerprint = model_fingerprint(segmenter.settings)
         self.dedup_wait_s = cache.settings.max_wait if cache is not None else 0.0
 
-    # -- stage 1: everything before the model (runs on the decode pool) ---------------------------------------
-    def prepare(self, record: InboundRecord) -> Outcome | PendingSegmentation:
-        """Parse, decode, check and look up the cache. Returns a final outcome or work for the model."""
+    # -- stage 1a: the fast path (a batch of records, on the decode pool) -------------------------------------
+    def prepare_batch(self, records: Sequence[InboundRecord]) -> list[Outcome | ParsedRequest]:
+        """Parse every record and answer the repeats of stored payloads; one item per record, in order: a final
+        outcome (a cache hit, or a request that failed to parse) or a :class:`ParsedRequest` for :meth:`prepare`."""
+        items: list[Outcome | ParsedRequest] = [self._parse_checked(record) for record in records]
+        if self.cache is None:
+            return items
+        parsed = [(index, item) for index, item in enumerate(items) if isinstance(item, ParsedRequest)]
+        lookup_started = time.perf_counter()
+        stored = self.cache.lookup_payloads([item.payload_key for _, item in parsed])
+        lookup_ms = _ms_since(lookup_started)
+        for (index, item), value in zip(parsed, stored, strict=True):
+            if value is not None:
+                timings = {"decode": (lookup_started - item.started) * 1000.0, "dedup": lookup_ms}
+                hit = self._from_cache(item.record, item.request, value, timings, item.payload_key)
+                if hit is not None:
+                    items[index] = hit
+        return items
+
+    def _parse_checked(self, record: InboundRecord) -> Outcome | ParsedRequest:
         started = time.perf_counter()
         size = len(record.value or b"")
         if self.max_record_bytes is not None and size > self.max_record_bytes:
@@ -126,23 +163,42 @@ class RequestProcessor:
         except SegmentationError as exc:
             return self.failure(record, exc, started=started)
         try:
-            image = decode_image(request.image, limits=self.limits)
             params = resolve_params(request.params, self.segmenter.settings)
+        except SegmentationError as exc:
+            return self.failure(record, exc, request=request, started=started)
+        alias = payload_key(request.image, request.prompts, params, self.fingerprint)
+        return ParsedRequest(record, request, params, alias, started)
+
+    # -- stage 1b: the model path's preparation (one record, on the decode pool) -------------------------------
+    def prepare(self, item: InboundRecord | ParsedRequest) -> Outcome | PendingSegmentation:
+        """Decode, check and look up the cache by pixels. Returns a final outcome or work for the model.
+
+        A bare :class:`InboundRecord` goes through the fast path first (a batch of one)."""
+        if isinstance(item, InboundRecord):
+            first = self.prepare_batch([item])[0]
+            if isinstance(first, Outcome):
+                return first
+            item = first
+        record, request, params, started = item.record, item.request, item.params, item.started
+        try:
+            image = decode_image(request.image, limits=self.limits)
             validate_prompts(request.prompts, image.shape[1], image.shape[0])
             digest = image_sha256(image)
         except SegmentationError as exc:
             return self.failure(record, exc, request=request, started=started)
         timings = {"decode": _ms_since(started)}
         key = dedup_key(digest, request.prompts, params, self.fingerprint)
-        pending = PendingSegmentation(record, request, image, digest, params, key, timings)
+        pending = PendingSegmentation(record, request, image, digest, params, key, timings, item.payload_key)
         if self.cache is None:
             return pending
         lookup_started = time.perf_counter()
         stored = self.cache.lookup_or_claim(key, self.worker_id, timeout=self.dedup_wait_s)
         timings["dedup"] = _ms_since(lookup_started)
         if stored is not None:
-            hit = self._from_cache(pending, stored)
+            hit = self._from_cache(record, request, stored, timings, key)
             if hit is not None:
+                # Another encoding of a stored image, or a peer's result we waited for: next time, by payload.
+                self.cache.alias(item.payload_key, key)
                 return hit
         pending.enqueued_at = time.perf_counter()
         return pending
@@ -157,16 +213,16 @@ class RequestProcessor:
             request = replace(request, submitted_at_ms=record.timestamp_ms)
         return request
 
-    def _from_cache(self, pending: PendingSegmentation, stored: bytes) -> Outcome | None:
+    def _from_cache(
+        self, record: InboundRecord, request: SegmentRequest, stored: bytes, timings: dict[str, float], key: str
+    ) -> Outcome | None:
         try:
-            original = decode_result(stored)
+            entry = StoredResult.parse(stored)
+            message, data = entry.hit(request.request_id, self.worker_id, request.source, timings_ms=timings)
         except SegmentationError as exc:  # a corrupt or foreign entry: recompute rather than serve it
-            log.warning("ignoring unreadable cache entry %s: %s", pending.cache_key, exc)
+            log.warning("ignoring unreadable cache entry %s: %s", key, exc)
             return None
-        message = original.with_cache_hit(
-            pending.request.request_id, self.worker_id, pending.request.source, timings_ms=pending.timings_ms
-        )
-        return self._outcome(pending.record, message, pending.request)
+        return Outcome(record, message, data, request.reply_to, submitted_at_ms=request.submitted_at_ms)
 
     # -- stage 2: the model (runs on the inference thread, a micro-batch at a time) -----------------------------
     def segment(self, batch: list[PendingSegmentation], emit: Callable[[Outcome], None] | None = None) -> list[Outcome]:
@@ -211,7 +267,8 @@ class RequestProcessor:
         )
         outcome = self._outcome(pending.record, message, pending.request)
         if self.cache is not None:
-            self.cache.put(pending.cache_key, outcome.result_bytes, self.worker_id)
+            aliases = (pending.payload_key,) if pending.payload_key else ()
+            self.cache.put(pending.cache_key, encode_stored(message), self.worker_id, aliases=aliases)
         return outcome
 
     def abandon(self, pending: PendingSegmentation) -> None:

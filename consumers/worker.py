@@ -2,12 +2,17 @@
 
 Threads and their jobs:
 
-- the **poll loop** (the caller's thread) owns the consumer and the producer: it polls records, hands them to the
-  decode pool, publishes finished outcomes, and stores an offset only after every message of that record (result,
-  reply, dead letter) is delivered. It never blocks on the model, so a slow inference never exceeds
-  ``max.poll.interval.ms``; when ``MAX_WORKERS``-bounded work is full it pauses its partitions and keeps polling.
-- the **decode pool** (MAX_WORKERS threads) parses, decodes and looks up the Redis cache;
+- the **poll loop** (the caller's thread) owns the consumer and the producer: it takes records in batches, hands
+  them to the decode pool, publishes finished outcomes, and stores an offset only after every message of that record
+  (result, reply, dead letter) is delivered. It never blocks on the model, so a slow inference never exceeds
+  ``max.poll.interval.ms``.
+- the **decode pool** (MAX_WORKERS threads) runs the fast path on chunks of records (parse, answer repeats of stored
+  payloads from Redis in bulk: no image decoded) and, for the rest, the model path's preparation (decode, check,
+  pixel-level dedup), at most MAX_WORKERS records at a time; the others wait, undecoded, in a backlog;
 - the **inference thread** runs micro-batches (up to BATCH_SIZE requests or BATCH_TIMEOUT_MS) through the engine.
+
+Back-pressure: the worker pauses its partitions (and keeps polling, so the group keeps it) while MAX_IN_FLIGHT
+records are uncommitted or MAX_WORKERS records wait in the model path's backlog, and resumes at half of both.
 
 Offsets per partition advance to the lowest offset still in flight (:class:`OffsetTracker`), so a record is never
 acknowledged before its result is delivered; stored offsets are committed right away, so a kill -9 redelivers only
@@ -21,6 +26,7 @@ finish, flush, commit, close.
 from __future__ import annotations
 
 import argparse
+import collections
 import logging
 import queue
 import signal
@@ -34,16 +40,27 @@ from dataclasses import dataclass, field
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from consumers.dedup import DedupCache
-from consumers.processor import InboundRecord, InternalError, Outcome, PendingSegmentation, RequestProcessor
+from consumers.processor import (
+    InboundRecord,
+    InternalError,
+    Outcome,
+    ParsedRequest,
+    PendingSegmentation,
+    RequestProcessor,
+)
 from pipeline.segmenter import Segmenter
 from schemas.registry import WireCodec
 from segpipe.config import AppSettings
-from segpipe.kafka import make_consumer, make_producer
+from segpipe.kafka import make_consumer, make_producer, resume_now
 
 log = logging.getLogger(__name__)
 
 TopicPartitionKey = tuple[str, int]
 _RETRY_DELAY_S = 1.0  # before producing again a message the client refused outright
+GPU_BATCH_SIZE = 4  # BATCH_SIZE when unset on a GPU
+_CONSUME_BATCH = 256  # most records taken from the client per poll
+_FAST_PATH_CHUNK = 64  # records per fast-path task: several chunks run on the decode pool at once
+_COMMIT_INTERVAL_S = 0.02  # stored offsets are committed at most this often (each commit is a broker round trip)
 
 
 class OffsetTracker:
@@ -52,7 +69,7 @@ class OffsetTracker:
     A record is *uncommitted* from the moment it is consumed until a commit covering it is acknowledged: in flight,
     finished above a lower offset still in flight (not committable yet), or stored and waiting for the commit. Any
     uncommitted record is redelivered after a crash or a lost partition, so bounding :meth:`count` (backpressure)
-    is what bounds the duplicates a kill -9 or an eviction can cause: to MAX_WORKERS per event.
+    is what bounds the duplicates a kill -9 or an eviction can cause: to MAX_IN_FLIGHT per event.
     """
 
     def __init__(self) -> None:
@@ -172,7 +189,12 @@ class Worker:
         self.tracker = OffsetTracker()
         self._consumer_overrides = consumer_overrides or {}
         self._stop = threading.Event()
-        self._completed: queue.Queue[Outcome] = queue.Queue()
+        # Finished work for the poll loop: (outcome or None when dropped unanswered, whether it took a model-path slot)
+        self._completed: queue.Queue[tuple[Outcome | None, bool]] = queue.Queue()
+        self._backlog: collections.deque[ParsedRequest] = collections.deque()  # model path, waiting for a slot
+        self._backlog_lock = threading.Lock()
+        self._model_path_active = 0  # records between the backlog and their outcome (poll-loop thread only)
+        self._last_commit = 0.0
         self._model_queue: queue.Queue[PendingSegmentation | None] = queue.Queue()
         self._assigned: set[TopicPartitionKey] = set()
         self._paused = False
@@ -196,8 +218,21 @@ class Worker:
 
     @property
     def max_in_flight(self) -> int:
-        """MAX_WORKERS bounds the records in flight (decoding, queued, in the model, or being published)."""
-        return self.settings.worker.max_workers
+        """MAX_IN_FLIGHT bounds the uncommitted records (being answered, published, or waiting for the commit)."""
+        return self.settings.worker.max_in_flight
+
+    @property
+    def batch_size(self) -> int:
+        """BATCH_SIZE, or by device when unset: batching pays on a GPU, not on a CPU."""
+        configured = self.settings.worker.batch_size
+        if configured is not None:
+            return configured
+        return 1 if str(self.segmenter.device).startswith("cpu") else GPU_BATCH_SIZE
+
+    @property
+    def backlog(self) -> int:
+        """Records waiting for a model-path slot (parsed, not answered by the cache, not decoded yet)."""
+        return len(self._backlog)
 
     def stop(self) -> None:
         """Ask the loop to finish in-flight work and leave the group (safe from any thread or signal handler)."""
@@ -224,18 +259,26 @@ class Worker:
             log.info("worker %s consuming %s as group %s", self.processor.worker_id, kafka.input_topic, kafka.group_id)
             while not self._stop.is_set():
                 self._pump()
+                self._feed_model_path(decode_pool)
                 self._commit_stored()
                 self._apply_backpressure()
-                # Short polls while work is in flight, so finished results are published without waiting out a poll.
-                message = consumer.poll(0.005 if self.tracker.count() else 0.05)
+                uncommitted = self.tracker.count()
+                # Never take more than MAX_IN_FLIGHT allows; short polls while work is in flight, so finished results
+                # are published without waiting out a poll.
+                messages = consumer.consume(
+                    num_messages=max(1, min(_CONSUME_BATCH, self.max_in_flight - uncommitted)),
+                    timeout=0.005 if uncommitted else 0.05,
+                )
                 self.last_poll = time.monotonic()
-                if message is None:
-                    continue
-                if message.error():
-                    if message.error().code() != KafkaError._PARTITION_EOF:
-                        log.warning("consume error: %s", message.error())
-                    continue
-                self._accept(message, decode_pool)
+                records = []
+                for message in messages:
+                    if message.error():
+                        if message.error().code() != KafkaError._PARTITION_EOF:
+                            log.warning("consume error: %s", message.error())
+                        continue
+                    records.append(self._record(message))
+                if records:
+                    self._accept(records, decode_pool)
             self._drain(set(self._assigned), self.settings.worker.shutdown_timeout_s)
         finally:
             self._model_queue.put(None)
@@ -250,8 +293,9 @@ class Worker:
             log.info("worker %s stopped: %s", self.processor.worker_id, self.stats)
         return self.stats
 
-    def _accept(self, message: Message, pool: ThreadPoolExecutor) -> None:
-        record = InboundRecord(
+    @staticmethod
+    def _record(message: Message) -> InboundRecord:
+        return InboundRecord(
             value=message.value(),
             key=message.key(),
             headers=tuple(message.headers() or ()),
@@ -260,24 +304,56 @@ class Worker:
             offset=message.offset(),
             timestamp_ms=message.timestamp()[1] if message.timestamp()[0] else None,
         )
-        self.stats.consumed += 1
-        self.tracker.add((record.topic, record.partition), record.offset)
-        pool.submit(self._prepare, record)
 
-    def _prepare(self, record: InboundRecord) -> None:
+    def _accept(self, records: list[InboundRecord], pool: ThreadPoolExecutor) -> None:
+        self.stats.consumed += len(records)
+        for record in records:
+            self.tracker.add((record.topic, record.partition), record.offset)
+        for start in range(0, len(records), _FAST_PATH_CHUNK):
+            pool.submit(self._fast_path, records[start : start + _FAST_PATH_CHUNK])
+
+    def _fast_path(self, records: list[InboundRecord]) -> None:
+        """Answer what the cache can (decode pool); queue the rest for the model path. Never raises."""
         try:
-            prepared = self.processor.prepare(record)
+            items = self.processor.prepare_batch(records)
+        except Exception as exc:  # a bug must cost these requests, not the worker
+            log.exception("fast path failed for %d records", len(records))
+            items = [self.processor.failure(r, InternalError(f"{type(exc).__name__}: {exc}")) for r in records]
+        for item in items:
+            if isinstance(item, Outcome):
+                self._completed.put((item, False))
+            else:
+                with self._backlog_lock:
+                    self._backlog.append(item)
+
+    def _feed_model_path(self, pool: ThreadPoolExecutor) -> None:
+        """Start backlog records on the model path while fewer than MAX_WORKERS are on it (poll-loop thread)."""
+        while self._backlog and self._model_path_active < self.settings.worker.max_workers:
+            with self._backlog_lock:
+                item = self._backlog.popleft()
+            if not self._ours(item.record):  # its partition was handed back: the new owner answers it
+                continue
+            self._model_path_active += 1
+            pool.submit(self._prepare, item)
+
+    def _prepare(self, item: ParsedRequest) -> None:
+        record = item.record
+        if not self._ours(record):
+            self._completed.put((None, True))
+            return
+        try:
+            prepared = self.processor.prepare(item)
         except Exception as exc:  # a bug must cost one request, not the worker
             log.exception("prepare failed for %s", record.fallback_request_id)
             prepared = self.processor.failure(record, InternalError(f"{type(exc).__name__}: {exc}"))
         if isinstance(prepared, Outcome):
-            self._completed.put(prepared)
+            self._completed.put((prepared, True))
         else:
             self._model_queue.put(prepared)
 
     def _inference_loop(self) -> None:
         """Collect up to BATCH_SIZE requests, waiting at most BATCH_TIMEOUT_MS after the first, then run them."""
-        size = self.settings.worker.batch_size
+        size = self.batch_size
         window = self.settings.worker.batch_timeout_ms / 1000.0
         while True:
             first = self._model_queue.get()
@@ -304,6 +380,7 @@ class Worker:
         # claim now spares the new owner a wait for a result this worker would only throw away.
         for pending in [p for p in batch if not self._ours(p.record)]:
             self.processor.abandon(pending)
+            self._completed.put((None, True))
         batch = [p for p in batch if self._ours(p.record)]
         if not batch:
             return
@@ -311,7 +388,7 @@ class Worker:
 
         def emit(outcome: Outcome) -> None:
             emitted.add(id(outcome.record))
-            self._completed.put(outcome)
+            self._completed.put((outcome, True))
 
         try:
             self.processor.segment(batch, emit=emit)
@@ -319,7 +396,7 @@ class Worker:
             log.exception("inference batch failed")
             for pending in batch:
                 if id(pending.record) not in emitted:
-                    self._completed.put(self.processor.failure(pending.record, InternalError(str(exc))))
+                    self._completed.put((self.processor.failure(pending.record, InternalError(str(exc))), True))
 
     # -- publishing and offsets ----------------------------------------------------------------------------------
     def _pump(self) -> None:
@@ -333,9 +410,13 @@ class Worker:
                 self._produce(topic, key, value, publication)
         while True:
             try:
-                outcome = self._completed.get_nowait()
+                outcome, took_slot = self._completed.get_nowait()
             except queue.Empty:
                 break
+            if took_slot:
+                self._model_path_active -= 1
+            if outcome is None:  # dropped unanswered: its partition was handed back
+                continue
             if not self._ours(outcome.record):
                 # Its partition was revoked or lost before the work finished and was handed back uncommitted: the
                 # new owner answers it (from the dedup cache when this worker stored the result), so publishing it
@@ -356,7 +437,11 @@ class Worker:
         """
         if not self._commit_due or self._consumer is None:
             return
+        now = time.monotonic()
+        if now - self._last_commit < _COMMIT_INTERVAL_S and self.tracker.count() < self.max_in_flight:
+            return
         self._commit_due = False
+        self._last_commit = now
         try:
             self._consumer.commit(asynchronous=True)
         except KafkaException as exc:  # nothing stored for our partitions any more, or mid-rebalance
@@ -437,7 +522,8 @@ class Worker:
             self.stats.cache_hits += 1
         if outcome.dead_letter is not None:
             self.stats.dead_letters += 1
-        log.info(
+        log.log(
+            logging.DEBUG if result.cached else logging.INFO,  # repeats can come by the thousand per second
             "result %s: %s model=%s fallback=%s masks=%d cached=%s",
             result.request_id,
             result.status,
@@ -458,26 +544,42 @@ class Worker:
                 log.info("could not store offset %s:%s@%s: %s", record.topic, record.partition, next_offset, exc)
 
     def _apply_backpressure(self) -> None:
-        """Pause fetching while MAX_WORKERS-bounded work is full; keep polling so the group keeps us."""
+        """Pause fetching while MAX_IN_FLIGHT records are uncommitted or MAX_WORKERS wait for the model path; keep
+        polling so the group keeps us. Resume at half of both (each resume costs a fetch round trip)."""
         assert self._consumer is not None
-        in_flight = self.tracker.count()
-        if not self._paused and in_flight >= self.max_in_flight and self._assigned:
+        in_flight, backlog, max_workers = self.tracker.count(), len(self._backlog), self.settings.worker.max_workers
+        full = in_flight >= self.max_in_flight or backlog >= max_workers
+        if not self._paused and full and self._assigned:
             self._consumer.pause([TopicPartition(t, p) for t, p in self._assigned])
             self._paused = True
-        elif self._paused and in_flight <= self.max_in_flight // 2:
-            self._consumer.resume([TopicPartition(t, p) for t, p in self._assigned])
+        elif self._paused and in_flight <= self.max_in_flight // 2 and backlog <= max_workers // 2:
+            resume_now(self._consumer, [TopicPartition(t, p) for t, p in self._assigned])
             self._paused = False
 
     def _drain(self, partitions: set[TopicPartitionKey], timeout: float) -> bool:
         """Publish in-flight work of ``partitions`` until none is left or ``timeout``; True when all finished."""
         assert self._producer is not None
         deadline = time.monotonic() + timeout
-        while self.tracker.count(partitions, unacknowledged=False) and time.monotonic() < deadline:
+        # Records still in the backlog are not started: handed back at once rather than waited for.
+        while self.tracker.count(partitions, unacknowledged=False) > self._backlog_count(partitions):
+            if time.monotonic() >= deadline:
+                break
             self._pump()
             self._producer.poll(0.02)
         self._producer.flush(max(0.0, deadline - time.monotonic()))
         self._pump()
         return self.tracker.count(partitions, unacknowledged=False) == 0
+
+    def _backlog_count(self, partitions: set[TopicPartitionKey]) -> int:
+        with self._backlog_lock:
+            return sum((item.record.topic, item.record.partition) in partitions for item in self._backlog)
+
+    def _purge_backlog(self, partitions: set[TopicPartitionKey]) -> None:
+        """Drop unstarted work of partitions handed back: if one came back to us, its records are redelivered, and
+        a stale copy left here would be answered twice."""
+        with self._backlog_lock:
+            kept = [item for item in self._backlog if (item.record.topic, item.record.partition) not in partitions]
+            self._backlog = collections.deque(kept)
 
     # -- rebalance callbacks (run inside consumer.poll on this thread) -------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -516,12 +618,14 @@ class Worker:
         except KafkaException as exc:  # e.g. ILLEGAL_GENERATION mid-rebalance, or nothing stored yet
             log.info("commit on revoke: %s", exc)
         self.tracker.forget(revoked)
+        self._purge_backlog(revoked)
         self._assigned -= revoked
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         lost = {(tp.topic, tp.partition) for tp in partitions}
         log.warning("partitions lost: %s (their in-flight work will be redone by the new owner)", sorted(lost))
         self.tracker.forget(lost)
+        self._purge_backlog(lost)
         self._assigned -= lost
 
     def _install_signal_handlers(self) -> None:

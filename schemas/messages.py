@@ -8,7 +8,7 @@ core without copying, and the core's result becomes a message without re-shaping
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
@@ -89,7 +89,7 @@ class SegmentResultMessage:
     fallback_reason: FallbackReason | None
     fallback_detail: str | None
     cached: bool
-    masks: tuple[MaskRecord, ...]
+    masks: Sequence[MaskRecord]  # a tuple; a cache hit's stay encoded until read (schemas.stored.EncodedMasks)
     timings_ms: dict[str, float]
     error: ErrorInfo | None
     worker_id: str

@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from segpipe.config import KafkaSettings
@@ -25,6 +25,22 @@ def make_producer(settings: KafkaSettings, **overrides: Any) -> Producer:
 def make_consumer(settings: KafkaSettings, group_id: str | None = None, **overrides: Any) -> Consumer:
     """A group member that stores offsets only when told (enable.auto.offset.store=False)."""
     return Consumer({**settings.consumer_config(group_id), "error_cb": _log_client_error, **overrides})
+
+
+def resume_now(consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    """Resume fetching ``partitions`` without librdkafka's idle delay.
+
+    librdkafka applies a resume on its main thread but does not wake the broker thread that fetches, which notices
+    only at its next wake-up: 0.8-0.95 s measured here (the same ~0.5 s shows in debug logs against Apache Kafka,
+    confluent-kafka-go#630). A paused worker then idles for that long however fast it drains. Any request on the
+    broker connection wakes it: a metadata request for the topics is the cheapest (10-14 ms to the first record).
+    """
+    consumer.resume(partitions)
+    for topic in sorted({tp.topic for tp in partitions}):
+        try:
+            consumer.list_topics(topic, timeout=0.5)
+        except KafkaException as exc:  # only the nudge failed: fetching resumes at the next wake-up anyway
+            log.debug("metadata nudge after resume: %s", exc)
 
 
 def make_admin(settings: KafkaSettings) -> AdminClient:

@@ -17,11 +17,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, ClassVar, TypeVar
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -118,11 +118,123 @@ def tansu_binary() -> Path:
     return path
 
 
+def _directory(path: Path | None, prefix: str) -> Path:
+    """``path``, or a fresh temporary directory named ``prefix...`` when it is None; created either way."""
+    directory = Path(path) if path is not None else Path(tempfile.mkdtemp(prefix=prefix))
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+_Server = TypeVar("_Server", bound="_ManagedProcess")
+
+
+def _start_on_port(port: int | None, make: Callable[[int], _Server]) -> _Server:
+    """Build a server for ``port`` (a free one when None) with ``make``, launch it and return it once ready.
+
+    With ``port=None`` a port taken by another process between :func:`free_port` and the child's bind is picked
+    again, up to three times. Only an early exit is retried: after a timeout a retry would only double the wait.
+    """
+    attempts = 1 if port is not None else 3
+    for attempt in range(attempts):
+        server = make(port if port is not None else free_port())
+        try:
+            server._launch()
+            return server
+        except _ExitedEarly:
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+@contextmanager
+def _stopped_after(server: _Server) -> Iterator[_Server]:
+    """Yield ``server`` (already started) and stop it however the block ends."""
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class _ManagedProcess:
+    """What the launchers share: a server child process on a loopback port, logging to a file.
+
+    Output goes to a log file, not a pipe: a pipe nobody reads fills up and blocks the server. A subclass (a
+    dataclass holding the fields below) says how to start it (:meth:`_command`), what proves it serves
+    (:meth:`_wait_ready`) and how to name it in errors (:meth:`_label`); start, stop and the failure messages,
+    which carry the tail of the log, are here.
+    """
+
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+    ready_timeout: float
+    _log_file: IO[bytes] | None
+    #: What :meth:`stop` sends first; SIGKILL follows after a timeout.
+    _stop_signal: ClassVar[signal.Signals] = signal.SIGTERM
+
+    def _label(self) -> str:
+        raise NotImplementedError
+
+    def _command(self) -> list[str]:
+        raise NotImplementedError
+
+    def _child_env(self) -> dict[str, str] | None:
+        """The child's environment; None inherits this process's."""
+        return None
+
+    def _wait_ready(self, deadline: float) -> None:
+        """Return once the server serves; raise :meth:`_failure` when it exits or ``deadline`` passes."""
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Stop the server (its stop signal, then SIGKILL after a timeout). Safe to call more than once."""
+        stop_process(self.process, self._stop_signal)
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def _launch(self) -> None:
+        cmd = self._command()
+        log_file = self.log_path.open("ab")
+        try:
+            self.process = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=self._child_env()
+            )
+        except BaseException:
+            log_file.close()
+            raise
+        self._log_file = log_file
+        try:
+            self._wait_ready(time.monotonic() + self.ready_timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_until(self, ready: Callable[[], bool], deadline: float, what: str, interval: float) -> None:
+        """Call ``ready`` every ``interval`` s until it returns true; fail at once if the child exits.
+
+        ``what`` completes the timeout message: ``"<what> within <ready_timeout> s"``.
+        """
+        while True:
+            if self.process.poll() is not None:
+                raise self._failure(f"exited with code {self.process.returncode}", _ExitedEarly)
+            if ready():
+                return
+            if time.monotonic() > deadline:
+                raise self._failure(f"{what} within {self.ready_timeout} s")
+            time.sleep(interval)
+
+    def _failure(self, what: str, kind: type[RuntimeError] = RuntimeError) -> RuntimeError:
+        if self._log_file is not None:
+            self._log_file.flush()
+        return kind(f"{self._label()}: {what}; log {self.log_path}:\n{_log_tail(self.log_path)}")
+
+
 # --------------------------------------------------------------------------------------------------- Kafka
 
 
 @dataclass
-class LocalKafka:
+class LocalKafka(_ManagedProcess):
     """A running tansu broker on loopback.
 
     With the default ``memory://`` storage every topic and offset is lost on :meth:`stop`/:meth:`restart`,
@@ -137,6 +249,7 @@ class LocalKafka:
     env: dict[str, str] | None = None
     ready_timeout: float = 20.0
     _log_file: IO[bytes] | None = field(default=None, repr=False)
+    _stop_signal: ClassVar[signal.Signals] = signal.SIGINT  # why: see stop()
 
     def stop(self) -> None:
         """Stop the broker (SIGINT, then SIGKILL after a timeout). Safe to call more than once.
@@ -144,10 +257,7 @@ class LocalKafka:
         SIGINT, not SIGTERM: measured on tansu 0.6.0, SIGTERM waits ~5 s for open client connections to drain,
         SIGINT exits in ~3 ms; both exit 0.
         """
-        stop_process(self.process, signal.SIGINT)
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
+        super().stop()
 
     def restart(self, down_for: float = 0.0) -> None:
         """Stop and start again on the same port, after ``down_for`` seconds of outage.
@@ -160,8 +270,11 @@ class LocalKafka:
             time.sleep(down_for)
         self._launch()
 
-    def _launch(self) -> None:
-        cmd = [
+    def _label(self) -> str:
+        return f"tansu broker on {self.bootstrap}"
+
+    def _command(self) -> list[str]:
+        return [
             str(tansu_binary()),
             "broker",
             "--listener-url",
@@ -171,52 +284,23 @@ class LocalKafka:
             "--storage-engine",
             self.storage,
         ]
-        log_file = self.log_path.open("ab")
-        try:
-            self.process = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, **(self.env or {})},
-            )
-        except BaseException:
-            log_file.close()
-            raise
-        self._log_file = log_file
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
 
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + self.ready_timeout
-        while not _port_accepts(HOST, self.port):
-            self._check_alive()
-            if time.monotonic() > deadline:
-                raise self._failure(f"port {self.port} did not accept within {self.ready_timeout} s")
-            time.sleep(0.01)
+    def _child_env(self) -> dict[str, str]:
+        return {**os.environ, **(self.env or {})}
+
+    def _wait_ready(self, deadline: float) -> None:
+        self._wait_until(lambda: _port_accepts(HOST, self.port), deadline, f"port {self.port} did not accept", 0.01)
         # The port can accept before the broker answers requests; a metadata round trip proves it serves.
         admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
-        while True:
-            self._check_alive()
+
+        def answers() -> bool:
             try:
                 admin.list_topics(timeout=1)
-                return
             except KafkaException:
-                if time.monotonic() > deadline:
-                    raise self._failure(f"no metadata answer within {self.ready_timeout} s") from None
-                time.sleep(0.02)
+                return False
+            return True
 
-    def _check_alive(self) -> None:
-        if self.process.poll() is not None:
-            raise self._failure(f"tansu exited with code {self.process.returncode}", _ExitedEarly)
-
-    def _failure(self, what: str, kind: type[RuntimeError] = RuntimeError) -> RuntimeError:
-        if self._log_file is not None:
-            self._log_file.flush()
-        return kind(f"tansu broker on {self.bootstrap}: {what}; log {self.log_path}:\n{_log_tail(self.log_path)}")
+        self._wait_until(answers, deadline, "no metadata answer", 0.02)
 
 
 def start_kafka(
@@ -232,12 +316,10 @@ def start_kafka(
     Output goes to a log file, not a pipe: a pipe nobody reads fills up and blocks the broker. With
     ``port=None`` a free port is picked, and picked again if another process grabbed it first.
     """
-    log_dir = Path(log_dir) if log_dir is not None else Path(tempfile.mkdtemp(prefix="segpipe-kafka-"))
-    log_dir.mkdir(parents=True, exist_ok=True)
-    attempts = 1 if port is not None else 3
-    for attempt in range(attempts):
-        p = port if port is not None else free_port()
-        kafka = LocalKafka(
+    log_dir = _directory(log_dir, "segpipe-kafka-")
+    return _start_on_port(
+        port,
+        lambda p: LocalKafka(
             bootstrap=f"{HOST}:{p}",
             process=None,  # type: ignore[arg-type]  # set by _launch
             port=p,
@@ -245,24 +327,15 @@ def start_kafka(
             storage=storage,
             env=env,
             ready_timeout=ready_timeout,
-        )
-        try:
-            kafka._launch()
-            return kafka
-        except _ExitedEarly:
-            if attempt == attempts - 1:
-                raise  # only an early exit is retried: after a timeout a retry would only double the wait
-    raise AssertionError("unreachable")
+        ),
+    )
 
 
 @contextmanager
 def local_kafka(**kw: Any) -> Iterator[LocalKafka]:
     """Context manager around :func:`start_kafka` that always stops the broker."""
-    kafka = start_kafka(**kw)
-    try:
+    with _stopped_after(start_kafka(**kw)) as kafka:
         yield kafka
-    finally:
-        kafka.stop()
 
 
 def _admin(bootstrap: str) -> AdminClient:
@@ -331,7 +404,7 @@ def delete_topics(bootstrap: str, names: Iterable[str], *, timeout: float = 15.0
 
 
 @dataclass
-class LocalRedis:
+class LocalRedis(_ManagedProcess):
     """A running ``redis-server`` on loopback with persistence off: :meth:`restart` starts from an empty DB."""
 
     url: str
@@ -343,24 +416,20 @@ class LocalRedis:
     ready_timeout: float = 10.0
     _log_file: IO[bytes] | None = field(default=None, repr=False)
 
-    def stop(self) -> None:
-        """Stop the server (SIGTERM, then SIGKILL after a timeout). Safe to call more than once."""
-        stop_process(self.process)
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
-
     def restart(self) -> None:
         """Stop and start again on the same port; every key is lost (no RDB, no AOF)."""
         self.stop()
         self._launch()
 
-    def _launch(self) -> None:
+    def _label(self) -> str:
+        return f"redis-server on {self.url}"
+
+    def _command(self) -> list[str]:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RedisServerNotFound("redis-server not found: apt-get install -y redis-server")
         # --save '' and --appendonly no: nothing is written to disk, so tests never see a previous run's keys.
-        cmd = [
+        return [
             binary,
             "--port",
             str(self.port),
@@ -375,55 +444,32 @@ class LocalRedis:
             "--dir",
             str(self.workdir),
         ]
-        log_file = self.log_path.open("ab")
-        try:
-            self.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT)
-        except BaseException:
-            log_file.close()
-            raise
-        self._log_file = log_file
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
 
-    def _wait_ready(self) -> None:
+    def _wait_ready(self, deadline: float) -> None:
         import redis
 
-        deadline = time.monotonic() + self.ready_timeout
         client = redis.Redis(host=self.host, port=self.port, socket_connect_timeout=0.2, socket_timeout=1.0)
+
+        def answers() -> bool:
+            try:
+                return bool(client.ping())
+            except redis.RedisError:
+                return False
+
         try:
-            while True:
-                if self.process.poll() is not None:
-                    raise self._failure(f"redis-server exited with code {self.process.returncode}", _ExitedEarly)
-                try:
-                    if client.ping():
-                        return
-                except redis.RedisError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise self._failure(f"no PING answer within {self.ready_timeout} s")
-                time.sleep(0.01)
+            self._wait_until(answers, deadline, "no PING answer", 0.01)
         finally:
             client.close()
-
-    def _failure(self, what: str, kind: type[RuntimeError] = RuntimeError) -> RuntimeError:
-        if self._log_file is not None:
-            self._log_file.flush()
-        return kind(f"redis-server on {self.url}: {what}; log {self.log_path}:\n{_log_tail(self.log_path)}")
 
 
 def start_redis(*, port: int | None = None, workdir: Path | None = None, ready_timeout: float = 10.0) -> LocalRedis:
     """Start ``redis-server`` without persistence and return once it answers PING."""
     if shutil.which("redis-server") is None:
         raise RedisServerNotFound("redis-server not found: apt-get install -y redis-server")
-    workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="segpipe-redis-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    attempts = 1 if port is not None else 3
-    for attempt in range(attempts):
-        p = port if port is not None else free_port()
-        server = LocalRedis(
+    workdir = _directory(workdir, "segpipe-redis-")
+    return _start_on_port(
+        port,
+        lambda p: LocalRedis(
             url=f"redis://{HOST}:{p}/0",
             host=HOST,
             port=p,
@@ -431,31 +477,22 @@ def start_redis(*, port: int | None = None, workdir: Path | None = None, ready_t
             workdir=workdir,
             log_path=workdir / f"redis-{p}.log",
             ready_timeout=ready_timeout,
-        )
-        try:
-            server._launch()
-            return server
-        except _ExitedEarly:
-            if attempt == attempts - 1:
-                raise
-    raise AssertionError("unreachable")
+        ),
+    )
 
 
 @contextmanager
 def local_redis(**kw: Any) -> Iterator[LocalRedis]:
     """Context manager around :func:`start_redis` that always stops the server."""
-    server = start_redis(**kw)
-    try:
+    with _stopped_after(start_redis(**kw)) as server:
         yield server
-    finally:
-        server.stop()
 
 
 # --------------------------------------------------------------------------------------------------- S3
 
 
 @dataclass
-class LocalS3:
+class LocalS3(_ManagedProcess):
     """A moto S3 server on loopback (``moto[server]``, the test extra), for tansu's ``s3://`` storage engine.
 
     Unlike ``memory://``, a broker on S3 storage keeps its topics, records and committed offsets across
@@ -496,49 +533,24 @@ class LocalS3:
         with suppress(client.exceptions.BucketAlreadyOwnedByYou):
             client.create_bucket(Bucket=name)
 
-    def stop(self) -> None:
-        """Stop the server (SIGTERM, then SIGKILL after a timeout). Safe to call more than once."""
-        stop_process(self.process)
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
+    def _label(self) -> str:
+        return f"moto S3 server on {self.endpoint}"
 
-    def _launch(self) -> None:
-        cmd = [sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(self.port)]
-        log_file = self.log_path.open("ab")
-        try:
-            self.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT)
-        except BaseException:
-            log_file.close()
-            raise
-        self._log_file = log_file
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
+    def _command(self) -> list[str]:
+        return [sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(self.port)]
 
-    def _wait_ready(self) -> None:
+    def _wait_ready(self, deadline: float) -> None:
         import urllib.error
         import urllib.request
 
-        deadline = time.monotonic() + self.ready_timeout
-        while True:
-            if self.process.poll() is not None:
-                raise _ExitedEarly(
-                    f"moto S3 server on {self.endpoint} exited with code {self.process.returncode}; "
-                    f"log {self.log_path}:\n{_log_tail(self.log_path)}"
-                )
+        def answers() -> bool:
             try:
                 with urllib.request.urlopen(self.endpoint, timeout=1):
-                    return
+                    return True
             except (urllib.error.URLError, OSError):
-                if time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"moto S3 server on {self.endpoint} did not answer within {self.ready_timeout} s; "
-                        f"log {self.log_path}:\n{_log_tail(self.log_path)}"
-                    ) from None
-                time.sleep(0.1)
+                return False
+
+        self._wait_until(answers, deadline, "did not answer", 0.1)
 
 
 def start_s3(*, port: int | None = None, log_dir: Path | None = None, ready_timeout: float = 30.0) -> LocalS3:
@@ -550,25 +562,17 @@ def start_s3(*, port: int | None = None, log_dir: Path | None = None, ready_time
 
     if importlib.util.find_spec("moto") is None:
         raise ModuleNotFoundError("moto is not installed: pip install 'moto[server]' (in the test extra)")
-    log_dir = Path(log_dir) if log_dir is not None else Path(tempfile.mkdtemp(prefix="segpipe-s3-"))
-    log_dir.mkdir(parents=True, exist_ok=True)
-    attempts = 1 if port is not None else 3
-    for attempt in range(attempts):
-        p = port if port is not None else free_port()
-        server = LocalS3(
+    log_dir = _directory(log_dir, "segpipe-s3-")
+    return _start_on_port(
+        port,
+        lambda p: LocalS3(
             endpoint=f"http://{HOST}:{p}",
             port=p,
             process=None,  # type: ignore[arg-type]  # set by _launch
             log_path=log_dir / f"moto-{p}.log",
             ready_timeout=ready_timeout,
-        )
-        try:
-            server._launch()
-            return server
-        except _ExitedEarly:
-            if attempt == attempts - 1:
-                raise
-    raise AssertionError("unreachable")
+        ),
+    )
 
 
 # --------------------------------------------------------------------------------------------------- Docker

@@ -86,6 +86,8 @@ def worker_environment(
         "SAM2_PRED_IOU_THRESH": "0",
         "SAM2_STABILITY_SCORE_THRESH": "0",
         "MAX_WORKERS": "2",
+        # Small, so back-pressure (pause/resume) runs all the time in tests, and kill -9 redelivers little.
+        "MAX_IN_FLIGHT": "4",
         "BATCH_SIZE": "4",
         "LOG_LEVEL": "INFO",
         "OMP_NUM_THREADS": "1",  # two workers share two cores

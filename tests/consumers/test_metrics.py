@@ -8,12 +8,13 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 import redis
 from kafka_harness import noise_png
 from prometheus_client.parser import text_string_to_metric_families
+from worker_harness import PipelineTopics
 
 from consumers import health as health_cli
 from consumers.metrics import MetricsServer, WorkerMetrics
@@ -22,7 +23,7 @@ from consumers.worker import Worker
 from pipeline.types import SegmentParams
 from producers.publisher import SegmentationProducer
 from segpipe.config import AppSettings
-from segpipe.services import FAST_GROUP_CONFIG, LocalKafka, LocalRedis, free_port
+from segpipe.services import free_port
 
 
 def _get(url: str) -> tuple[int, bytes]:
@@ -42,35 +43,20 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def test_metrics_and_health_follow_what_the_worker_does(
-    kafka: LocalKafka,
-    redis_server: LocalRedis,
+    worker_settings: Callable[..., AppSettings],
     redis_client: redis.Redis,
-    demo_checkpoints: tuple[Path, Path],
     topic_factory,  # type: ignore[no-untyped-def]
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    fastsam, sam2 = demo_checkpoints
-    settings = AppSettings(
-        kafka={
-            "bootstrap_servers": kafka.bootstrap,
-            "input_topic": topic_factory("requests", partitions=2),
-            "output_topic": topic_factory("results"),
-            "dead_letter_topic": topic_factory("dead"),
-            "group_id": f"g-{uuid.uuid4().hex[:8]}",
-            "session_timeout_ms": FAST_GROUP_CONFIG["session.timeout.ms"],
-            "heartbeat_interval_ms": FAST_GROUP_CONFIG["heartbeat.interval.ms"],
-        },
-        redis={"host": redis_server.host, "port": redis_server.port},
-        models={
-            "fastsam_model_path": fastsam,
-            "sam_model_path": sam2,
-            "device": "cpu",
-            "default_conf": 0.005,
-            "fastsam_imgsz": 640,
-            "sam2_points_per_side": 4,
-            "sam2_pred_iou_thresh": 0.0,
-            "sam2_stability_score_thresh": 0.0,
-        },
+    topics = PipelineTopics(
+        input=topic_factory("requests", partitions=2),
+        output=topic_factory("results"),
+        dead_letter=topic_factory("dead"),
+        group=f"g-{uuid.uuid4().hex[:8]}",
+    )
+    settings = worker_settings(
+        topics,
+        models={"sam2_points_per_side": 4, "sam2_pred_iou_thresh": 0.0, "sam2_stability_score_thresh": 0.0},
     )
     worker = Worker(settings)
     metrics = WorkerMetrics()
@@ -125,6 +111,7 @@ def test_metrics_and_health_follow_what_the_worker_does(
         assert samples[("segpipe_request_seconds_count", ())] == 4
         assert samples[("segpipe_consumed", ())] == 4
         assert samples[("segpipe_in_flight", ())] == 0
+        assert samples[("segpipe_backlog", ())] == 0
         assert samples[("segpipe_assigned_partitions", ())] == 2
         assert samples[("segpipe_ready", ())] == 1
     finally:

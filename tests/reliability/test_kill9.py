@@ -42,9 +42,10 @@ SEED = 20261124
 PUBLISH_INTERVAL_S = 0.4
 
 
-def _max_in_flight(max_workers: int, batch_size: int) -> int:
-    """Worker.max_in_flight, computed by the worker's own property (not a copy of its formula)."""
-    settings = SimpleNamespace(worker=WorkerSettings(max_workers=max_workers, batch_size=batch_size))
+def _max_in_flight(env: dict[str, str]) -> int:
+    """Worker.max_in_flight for the workers' environment, computed by the worker's own property."""
+    fields = {"max_workers": "MAX_WORKERS", "max_in_flight": "MAX_IN_FLIGHT", "batch_size": "BATCH_SIZE"}
+    settings = SimpleNamespace(worker=WorkerSettings(**{name: int(env[var]) for name, var in fields.items()}))
     return int(Worker.max_in_flight.fget(SimpleNamespace(settings=settings)))  # type: ignore[attr-defined]
 
 
@@ -60,7 +61,7 @@ def test_ten_sigkills_lose_nothing_and_bound_duplicates(
     for worker in workers:
         worker.wait_assigned(120)
     env = workers[0].env
-    bound_per_kill = _max_in_flight(int(env["MAX_WORKERS"]), int(env["BATCH_SIZE"]))
+    bound_per_kill = _max_in_flight(env)
 
     seeds = list(range(DISTINCT)) + [rng.randrange(DISTINCT) for _ in range(REPEATS)]
     rng.shuffle(seeds)

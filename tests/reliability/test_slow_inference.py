@@ -144,7 +144,8 @@ def test_partitions_revoked_mid_inference_are_finished_or_handed_back(
     committed before the results of every record below it were written."""
     topics = make_topics(PARTITIONS)
     results = follow(kafka.bootstrap, topics.output)
-    first = launcher(topics, **{**SLOW_ENV, "MAX_WORKERS": "4"})  # four in flight: some on partitions it will lose
+    # Four in flight, all on the model path: some on partitions it will lose.
+    first = launcher(topics, **{**SLOW_ENV, "MAX_WORKERS": "4", "MAX_IN_FLIGHT": "4"})
     first.wait_assigned(120)
     records = _slow_requests("handover", 2 * PARTITIONS, seed=8000)
     publisher = Publisher(kafka.bootstrap, topics.input)
