@@ -3,8 +3,8 @@
 The benchmark must not edit the product to try an idea, so this applies a change from the outside, then runs
 ``consumers.worker.main`` unchanged otherwise. ``BENCH_WORKER_PATCH`` is a ``;``-separated list of:
 
-- ``poll_s=SECONDS``: the poll loop's ``consumer.poll`` timeout is capped to this (the worker uses 0.05 s, and
-  finished outcomes wait in its queue until that poll returns);
+- ``poll_s=SECONDS``: the poll loop's ``consumer.consume`` timeout is capped to this (the worker uses 5 ms while
+  an answer is due and 50 ms while all its work is in the model);
 - ``max_in_flight=N``: the in-flight bound at which the worker pauses its partitions (it resumes at N // 2),
   without adding decode threads as raising MAX_WORKERS would;
 - ``torch_threads=N``: torch's intra-op threads, kept after ultralytics' first CPU predict (whose select_device()
@@ -26,6 +26,11 @@ class _PollCap:
 
     def poll(self, timeout: float = -1) -> Any:
         return self._consumer.poll(self._cap if timeout is None or timeout < 0 else min(timeout, self._cap))
+
+    def consume(self, num_messages: int = 1, timeout: float = -1) -> Any:
+        return self._consumer.consume(
+            num_messages, self._cap if timeout is None or timeout < 0 else min(timeout, self._cap)
+        )
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._consumer, name)

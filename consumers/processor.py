@@ -90,7 +90,8 @@ class ParsedRequest:
     request: SegmentRequest
     params: SegmentParams
     payload_key: str
-    started: float  # perf_counter when its handling began, for the decode timing
+    started: float  # perf_counter when its handling began
+    parsed_at: float  # perf_counter when parsing ended: from here it may wait in the worker's model-path backlog
 
 
 @dataclass(slots=True)
@@ -105,6 +106,7 @@ class PendingSegmentation:
     cache_key: str
     timings_ms: dict[str, float] = field(default_factory=dict)
     payload_key: str | None = None
+    backlog_ms: float = 0.0  # waited for a model-path slot before decoding: counted in the "queue" timing
     enqueued_at: float = field(default_factory=time.perf_counter)
 
 
@@ -167,7 +169,7 @@ class RequestProcessor:
         except SegmentationError as exc:
             return self.failure(record, exc, request=request, started=started)
         alias = payload_key(request.image, request.prompts, params, self.fingerprint)
-        return ParsedRequest(record, request, params, alias, started)
+        return ParsedRequest(record, request, params, alias, started, time.perf_counter())
 
     # -- stage 1b: the model path's preparation (one record, on the decode pool) -------------------------------
     def prepare(self, item: InboundRecord | ParsedRequest) -> Outcome | PendingSegmentation:
@@ -180,15 +182,18 @@ class RequestProcessor:
                 return first
             item = first
         record, request, params, started = item.record, item.request, item.params, item.started
+        decode_started = time.perf_counter()
         try:
             image = decode_image(request.image, limits=self.limits)
             validate_prompts(request.prompts, image.shape[1], image.shape[0])
             digest = image_sha256(image)
         except SegmentationError as exc:
             return self.failure(record, exc, request=request, started=started)
-        timings = {"decode": _ms_since(started)}
+        # The wait between parsing and decoding (the worker's backlog) is queueing, not decoding.
+        timings = {"decode": (item.parsed_at - started) * 1000.0 + _ms_since(decode_started)}
         key = dedup_key(digest, request.prompts, params, self.fingerprint)
         pending = PendingSegmentation(record, request, image, digest, params, key, timings, item.payload_key)
+        pending.backlog_ms = (decode_started - item.parsed_at) * 1000.0
         if self.cache is None:
             return pending
         lookup_started = time.perf_counter()
@@ -232,7 +237,7 @@ class RequestProcessor:
         """
         started = time.perf_counter()
         for pending in batch:
-            pending.timings_ms["queue"] = (started - pending.enqueued_at) * 1000.0
+            pending.timings_ms["queue"] = pending.backlog_ms + (started - pending.enqueued_at) * 1000.0
         outcomes: list[Outcome | None] = [None] * len(batch)
 
         def ready(index: int, result: SegmentationResult | SegmentationError) -> None:

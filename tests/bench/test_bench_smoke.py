@@ -50,8 +50,8 @@ def test_reader_helpers_peek_the_request_id_and_find_stalls() -> None:
     gaps = arrival_gaps(10.0, [10.1, 10.2, 11.2, 11.21])
     assert round(gaps["first_result_ms"]) == 100 and round(gaps["max_ms"]) == 1000
     assert gaps["over_200ms_count"] == 1
-    assert default_window({"MAX_IN_FLIGHT": "100"}, "") == 50
-    assert default_window({}, "poll_s=0.01;max_in_flight=9") == 4
+    assert default_window({"MAX_IN_FLIGHT": "100"}, "") == 87  # 7/8, rounded down
+    assert default_window({}, "poll_s=0.01;max_in_flight=9") == 7
 
 
 def test_runner_scenarios_a_c_e_write_valid_json_and_chart(tmp_path: Path, demo_checkpoints: tuple[Path, Path]) -> None:
