@@ -26,6 +26,7 @@ from consumers.dedup import DedupCache, dedup_key, model_fingerprint, payload_ke
 from pipeline.errors import ImageTooLargeError, MalformedRequestError, SegmentationError
 from pipeline.image_io import ImageLimits, decode_image, image_sha256
 from pipeline.segmenter import Segmenter, resolve_params, validate_prompts
+from pipeline.timing import ms_since
 from pipeline.types import SegmentationResult, SegmentParams
 from schemas import (
     DeadLetter,
@@ -143,7 +144,7 @@ class RequestProcessor:
         parsed = [(index, item) for index, item in enumerate(items) if isinstance(item, ParsedRequest)]
         lookup_started = time.perf_counter()
         stored = self.cache.lookup_payloads([item.payload_key for _, item in parsed])
-        lookup_ms = _ms_since(lookup_started)
+        lookup_ms = ms_since(lookup_started)
         for (index, item), value in zip(parsed, stored, strict=True):
             if value is not None:
                 timings = {"decode": (lookup_started - item.started) * 1000.0, "dedup": lookup_ms}
@@ -190,7 +191,7 @@ class RequestProcessor:
         except SegmentationError as exc:
             return self.failure(record, exc, request=request, started=started)
         # The wait between parsing and decoding (the worker's backlog) is queueing, not decoding.
-        timings = {"decode": (item.parsed_at - started) * 1000.0 + _ms_since(decode_started)}
+        timings = {"decode": (item.parsed_at - started) * 1000.0 + ms_since(decode_started)}
         key = dedup_key(digest, request.prompts, params, self.fingerprint)
         pending = PendingSegmentation(record, request, image, digest, params, key, timings, item.payload_key)
         pending.backlog_ms = (decode_started - item.parsed_at) * 1000.0
@@ -198,7 +199,7 @@ class RequestProcessor:
             return pending
         lookup_started = time.perf_counter()
         stored = self.cache.lookup_or_claim(key, self.worker_id, timeout=self.dedup_wait_s)
-        timings["dedup"] = _ms_since(lookup_started)
+        timings["dedup"] = ms_since(lookup_started)
         if stored is not None:
             hit = self._from_cache(record, request, stored, timings, key)
             if hit is not None:
@@ -332,7 +333,7 @@ class RequestProcessor:
                 f"{info.message} (original value of {size:,} bytes not copied: too large for a dead letter; "
                 f"it is at {record.topic}:{record.partition}@{record.offset})",
             )
-        timings = {"decode": _ms_since(started)} if started is not None else {}
+        timings = {"decode": ms_since(started)} if started is not None else {}
         message = SegmentResultMessage.failure(
             request_id, info, worker_id=self.worker_id, source=source, image_sha256=digest, timings_ms=timings
         )
@@ -354,7 +355,3 @@ class RequestProcessor:
 
 
 _DEAD_LETTER_OVERHEAD = 64 * 1024  # the dead letter's own fields (error message, ids) and record framing
-
-
-def _ms_since(started: float) -> float:
-    return (time.perf_counter() - started) * 1000.0

@@ -49,6 +49,7 @@ from consumers.processor import (
     RequestProcessor,
 )
 from pipeline.segmenter import Segmenter
+from pipeline.timing import ms_since
 from schemas.registry import WireCodec
 from segpipe.config import AppSettings
 from segpipe.kafka import make_consumer, make_producer, resume_now
@@ -566,7 +567,7 @@ class Worker:
             started = time.perf_counter()
             resume_now(self._consumer, [TopicPartition(t, p) for t, p in self._assigned])
             self._paused = False
-            log.debug("resumed (%.1f ms): %d uncommitted, backlog %d", _ms_since(started), in_flight, backlog)
+            log.debug("resumed (%.1f ms): %d uncommitted, backlog %d", ms_since(started), in_flight, backlog)
 
     def _drain(self, partitions: set[TopicPartitionKey], timeout: float) -> bool:
         """Publish in-flight work of ``partitions`` until none is left or ``timeout``; True when all finished."""
@@ -645,10 +646,6 @@ class Worker:
             return
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: self.stop())
-
-
-def _ms_since(started: float) -> float:
-    return (time.perf_counter() - started) * 1000.0
 
 
 def main(argv: list[str] | None = None) -> None:

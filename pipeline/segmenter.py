@@ -38,6 +38,7 @@ from pipeline.errors import (
 from pipeline.masks import build_mask_record
 from pipeline.models import FastSAMModel, RawMask, SAM2Model, SAM2Options, resolve_device
 from pipeline.settings import ModelSettings
+from pipeline.timing import ms_since
 from pipeline.types import (
     FallbackReason,
     MaskRecord,
@@ -245,7 +246,7 @@ class Segmenter:
             size = (max(1, round(width * scale)), max(1, round(height * scale)))
             image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
             prompts = scale_prompts(prompts, size[0] / width, size[1] / height)
-        timings = {"preprocess": _ms_since(started)}
+        timings = {"preprocess": ms_since(started)}
         return _Job(np.ascontiguousarray(image), prompts, resolved, width, height, timings)
 
     def _run_fastsam(self, jobs: list[_Job]) -> None:
@@ -269,10 +270,10 @@ class Segmenter:
                 _release_accelerator_memory()
                 log.warning("FastSAM failed on %d image(s): %s", len(group), exc, exc_info=log.isEnabledFor(10))
                 for job in group:
-                    job.timings["fastsam"] = _ms_since(started) / len(group)
+                    job.timings["fastsam"] = ms_since(started) / len(group)
                     self._fastsam_failed(job, exc)
                 continue
-            share = _ms_since(started) / len(group)
+            share = ms_since(started) / len(group)
             for job, masks in zip(group, raw, strict=True):
                 job.timings["fastsam"] = share
                 self._fastsam_answered(job, masks)
@@ -310,11 +311,11 @@ class Segmenter:
             _release_accelerator_memory()
             log.warning("SAM2 failed on %d image(s): %s", len(jobs), exc)
             for job in jobs:
-                job.timings["sam2"] = _ms_since(started) / len(jobs)
+                job.timings["sam2"] = ms_since(started) / len(jobs)
                 before = f"; FastSAM: {job.fallback_detail}" if job.fallback == FallbackReason.FASTSAM_ERROR else ""
                 job.error = ModelFailedError(f"SAM2 failed: {type(exc).__name__}: {exc}{before}")
             return
-        share = _ms_since(started) / len(jobs)
+        share = ms_since(started) / len(jobs)
         for job, masks in zip(jobs, raw, strict=True):
             job.timings["sam2"] = share
             job.records, job.answered_by = self._records(job, masks), ModelName.SAM2
@@ -336,7 +337,7 @@ class Segmenter:
             if record is not None:
                 records.append(record)
         records.sort(key=lambda r: (-r.predicted_iou, -r.area))
-        job.timings["postprocess"] = job.timings.get("postprocess", 0.0) + _ms_since(started)
+        job.timings["postprocess"] = job.timings.get("postprocess", 0.0) + ms_since(started)
         return tuple(records)
 
     def _finish(self, job: _Job) -> SegmentationResult | SegmentationError:
@@ -365,10 +366,6 @@ def _mask_resizer(width: int, height: int, inf_width: int, inf_height: int) -> C
         return cv2.resize(mask.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR) > 0.5
 
     return upscale
-
-
-def _ms_since(started: float) -> float:
-    return (time.perf_counter() - started) * 1000.0
 
 
 def _release_accelerator_memory() -> None:

@@ -14,7 +14,6 @@ length as an unsigned LEB128 varint then its bytes; then the mask count as a var
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -71,12 +70,6 @@ if _MASKS_PART.fields != ("masks",) or not _MASKS_PART.shared:  # pragma: no cov
     raise RuntimeError("the stored-result layout expects 'masks' alone in its run of shared fields")
 
 
-def _write(schema: Schema, record: Mapping[str, Any]) -> bytes:
-    buf = io.BytesIO()
-    fastavro.schemaless_writer(buf, schema, record)
-    return buf.getvalue()
-
-
 def _varint(value: int) -> bytes:
     out = bytearray()
     while True:
@@ -107,7 +100,7 @@ def encode_stored(msg: SegmentResultMessage) -> bytes:
     out = [MAGIC]
     for part in _PARTS:
         if part.shared:
-            chunk = _write(part.schema, {name: record[name] for name in part.fields})
+            chunk = avro._write(part.schema, {name: record[name] for name in part.fields})
             out += [_varint(len(chunk)), chunk]
     out.append(_varint(len(msg.masks)))
     return b"".join(out)
@@ -129,10 +122,7 @@ class EncodedMasks(Sequence[MaskRecord]):
     @property
     def _decoded(self) -> tuple[MaskRecord, ...]:
         if self._records is None:
-            try:
-                record = fastavro.schemaless_reader(io.BytesIO(self._data), _MASKS_PART.schema, None)
-            except Exception as exc:  # noqa: BLE001 - fastavro raises many types on garbage
-                raise MalformedRequestError(f"stored masks are damaged: {type(exc).__name__}: {exc}") from None
+            record = avro._read(self._data, _MASKS_PART.schema, "stored masks")
             self._records = tuple(avro._mask_from_record(mask) for mask in record["masks"])  # type: ignore[index,union-attr]
         return self._records
 
@@ -200,7 +190,7 @@ class StoredResult:
         shared: dict[str, Any] = {}
         for part, chunk in zip(_SHARED_PARTS, self.chunks, strict=True):
             if part is not _MASKS_PART:
-                shared |= _read_part(chunk, part)
+                shared |= avro._read(chunk, part.schema, "stored result")
         stored = SegmentResultMessage(
             request_id="",
             status=avro._enum(ResultStatus, shared["status"], "status"),
@@ -224,18 +214,12 @@ class StoredResult:
         )
         message = stored.with_cache_hit(request_id, worker_id, source, timings_ms, created_at_ms)
         chunks = iter(self.chunks)
+        fresh = {name: getattr(message, name) for name in PER_REQUEST_FIELDS}
         out = [
-            next(chunks) if part.shared else _write(part.schema, {name: getattr(message, name) for name in part.fields})
+            next(chunks) if part.shared else avro._write(part.schema, {name: fresh[name] for name in part.fields})
             for part in _PARTS
         ]
         return message, b"".join(out)
-
-
-def _read_part(chunk: bytes, part: _Part) -> dict[str, Any]:
-    try:
-        return fastavro.schemaless_reader(io.BytesIO(chunk), part.schema, None)  # type: ignore[return-value]
-    except Exception as exc:  # noqa: BLE001 - fastavro raises many types on garbage
-        raise MalformedRequestError(f"stored result is damaged: {type(exc).__name__}: {exc}") from None
 
 
 __all__ = ["MAGIC", "PER_REQUEST_FIELDS", "EncodedMasks", "StoredResult", "encode_stored"]

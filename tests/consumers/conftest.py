@@ -2,8 +2,8 @@
 every test folder can use them; their classes live in ``tests/worker_harness.py``. Re-exported here so that
 ``from conftest import PipelineTopics, WorkerProcess`` in this folder keeps working.
 
-``worker_settings`` (the settings of a ``Worker`` run inside the test process) and ``dedup_cache`` are this folder's
-own."""
+``worker_settings`` (the settings of a ``Worker`` run inside the test process), ``dedup_cache`` and
+``unreachable_cache`` are this folder's own."""
 
 from __future__ import annotations
 
@@ -64,6 +64,16 @@ def worker_settings(
 def dedup_cache(redis_server: LocalRedis, redis_client: redis.Redis) -> Iterator[DedupCache]:
     """A DedupCache on the session's redis-server, its DB emptied (``redis_client``); REDIS_TTL 100 s."""
     cache = DedupCache(RedisSettings(host=redis_server.host, port=redis_server.port, ttl=100, max_wait=2.0))
+    try:
+        yield cache
+    finally:
+        cache.close()
+
+
+@pytest.fixture
+def unreachable_cache() -> Iterator[DedupCache]:
+    """A DedupCache pointed at a port nothing listens on: every call fails fast (0.2 s socket timeout)."""
+    cache = DedupCache(RedisSettings(host="127.0.0.1", port=1, socket_timeout=0.2))
     try:
         yield cache
     finally:

@@ -2,39 +2,32 @@
 
 from __future__ import annotations
 
-import pytest
 import redis
 
 from consumers.dedup import DedupCache, payload_key
 from pipeline.types import Prompts, SegmentParams
-from segpipe.config import RedisSettings
 
 
-@pytest.fixture
-def cache(dedup_cache: DedupCache) -> DedupCache:
-    return dedup_cache
+def test_lookup_payloads_resolves_aliases_in_order(dedup_cache: DedupCache, redis_client: redis.Redis) -> None:
+    dedup_cache.put("k:one", b"result one", "w", aliases=("a:one", "a:one-bis"))
+    dedup_cache.put("k:two", b"result two", "w", aliases=("a:two",))
+    dedup_cache.alias("a:gone", "k:expired")  # points at an entry that is not there
 
-
-def test_lookup_payloads_resolves_aliases_in_order(cache: DedupCache, redis_client: redis.Redis) -> None:
-    cache.put("k:one", b"result one", "w", aliases=("a:one", "a:one-bis"))
-    cache.put("k:two", b"result two", "w", aliases=("a:two",))
-    cache.alias("a:gone", "k:expired")  # points at an entry that is not there
-
-    found = cache.lookup_payloads(["a:two", "a:unknown", "a:one", "a:gone", "a:one-bis", "a:two"])
+    found = dedup_cache.lookup_payloads(["a:two", "a:unknown", "a:one", "a:gone", "a:one-bis", "a:two"])
 
     assert found == [b"result two", None, b"result one", None, b"result one", b"result two"]
-    assert cache.lookup_payloads([]) == []
+    assert dedup_cache.lookup_payloads([]) == []
     for key in ("k:one", "a:one", "a:one-bis", "a:gone"):
         assert 90 <= redis_client.ttl(key) <= 100  # aliases live as long as REDIS_TTL, like the entries
 
 
-def test_put_releases_the_claim_and_keeps_aliases(cache: DedupCache, redis_client: redis.Redis) -> None:
-    assert cache.lookup_or_claim("k:x", "w", timeout=1) is None  # claimed by us
+def test_put_releases_the_claim_and_keeps_aliases(dedup_cache: DedupCache, redis_client: redis.Redis) -> None:
+    assert dedup_cache.lookup_or_claim("k:x", "w", timeout=1) is None  # claimed by us
     assert redis_client.get("k:x:claim") == b"w"
-    cache.put("k:x", b"value", "w", aliases=("a:x",))
+    dedup_cache.put("k:x", b"value", "w", aliases=("a:x",))
     assert redis_client.get("k:x:claim") is None
     assert redis_client.get("a:x") == b"k:x"
-    assert cache.lookup_or_claim("k:x", "other", timeout=1) == b"value"
+    assert dedup_cache.lookup_or_claim("k:x", "other", timeout=1) == b"value"
 
 
 def test_payload_key_depends_on_every_input() -> None:
@@ -46,12 +39,8 @@ def test_payload_key_depends_on_every_input() -> None:
     assert payload_key(b"abc", Prompts(), SegmentParams(conf=0.4), "other model") != base
 
 
-def test_redis_down_degrades_to_no_cache() -> None:
-    dead = DedupCache(RedisSettings(host="127.0.0.1", port=1, socket_timeout=0.2))
-    try:
-        assert dead.lookup_payloads(["a", "b"]) == [None, None]
-        assert not dead.healthy
-        dead.alias("a", "k")  # best effort, never raises
-        dead.put("k", b"v", "w", aliases=("a",))
-    finally:
-        dead.close()
+def test_redis_down_degrades_to_no_cache(unreachable_cache: DedupCache) -> None:
+    assert unreachable_cache.lookup_payloads(["a", "b"]) == [None, None]
+    assert not unreachable_cache.healthy
+    unreachable_cache.alias("a", "k")  # best effort, never raises
+    unreachable_cache.put("k", b"v", "w", aliases=("a",))

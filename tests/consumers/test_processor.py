@@ -19,7 +19,6 @@ from pipeline.settings import ModelSettings
 from pipeline.types import ModelChoice, SegmentParams
 from schemas import SegmentRequest, decode_result, encode_request, encode_result, request_headers
 from schemas.stored import EncodedMasks
-from segpipe.config import RedisSettings
 
 FASTSAM = SegmentParams(model=ModelChoice.FASTSAM)
 
@@ -56,13 +55,8 @@ def segmenter(demo_checkpoints: tuple[Path, Path]) -> Segmenter:
 
 
 @pytest.fixture
-def cache(dedup_cache: DedupCache) -> DedupCache:
-    return dedup_cache
-
-
-@pytest.fixture
-def processor(segmenter: Segmenter, cache: DedupCache) -> RequestProcessor:
-    return RequestProcessor(segmenter, cache, worker_id="w-test")
+def processor(segmenter: Segmenter, dedup_cache: DedupCache) -> RequestProcessor:
+    return RequestProcessor(segmenter, dedup_cache, worker_id="w-test")
 
 
 def _compute(processor: RequestProcessor, record: InboundRecord) -> Outcome:
@@ -141,12 +135,10 @@ def test_an_expired_or_unreadable_entry_is_recomputed(processor: RequestProcesso
     assert isinstance(item, ParsedRequest)
 
 
-def test_redis_unreachable_sends_everything_to_the_model_path(segmenter: Segmenter) -> None:
-    dead = DedupCache(RedisSettings(host="127.0.0.1", port=1, socket_timeout=0.2))
-    try:
-        processor = RequestProcessor(segmenter, dead, worker_id="w-test")
-        items = processor.prepare_batch([_record("a", _png(_pixels(5))), _record("b", b"junk")])
-        assert all(isinstance(item, ParsedRequest) for item in items)
-        assert not dead.healthy
-    finally:
-        dead.close()
+def test_redis_unreachable_sends_everything_to_the_model_path(
+    segmenter: Segmenter, unreachable_cache: DedupCache
+) -> None:
+    processor = RequestProcessor(segmenter, unreachable_cache, worker_id="w-test")
+    items = processor.prepare_batch([_record("a", _png(_pixels(5))), _record("b", b"junk")])
+    assert all(isinstance(item, ParsedRequest) for item in items)
+    assert not unreachable_cache.healthy
