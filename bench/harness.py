@@ -29,11 +29,11 @@ import fastavro
 import psutil
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
+from devstack.services import stop_process
 from pipeline.types import SegmentParams
 from schemas import RESULT_SCHEMA, SegmentRequest, encode_request, now_ms, request_headers, schema_text
 from segpipe.config import KafkaSettings
 from segpipe.kafka import make_producer
-from segpipe.services import stop_process
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -59,6 +59,7 @@ from bench.scenarios import (
     publish_and_collect,
 )
 from bench.stats import clean_for_json, median_of
+from devstack.services import LocalKafka, LocalRedis, create_topics, start_kafka, start_redis
 from pipeline.checkpoints import ensure_demo_checkpoints
 from pipeline.image_io import decode_image
 from pipeline.models import _import_torch
@@ -66,7 +67,6 @@ from pipeline.segmenter import Segmenter
 from pipeline.settings import ModelSettings
 from pipeline.types import ModelChoice, SegmentParams
 from segpipe.config import KafkaSettings, RedisSettings, WorkerSettings
-from segpipe.services import LocalKafka, LocalRedis, create_topics, start_kafka, start_redis
 
 ALL_SCENARIOS = ("a", "b", "c", "d", "e", "f")
 DEFAULT_SCENARIOS = "a,b,c,d,e"

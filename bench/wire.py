@@ -36,13 +36,13 @@ from confluent_kafka import Producer
 
 from bench.harness import REPO_ROOT
 from bench.images import make_images
+from devstack.services import create_topics, local_kafka
 from pipeline.checkpoints import ensure_demo_checkpoints
 from pipeline.masks import build_mask_record
 from pipeline.segmenter import Segmenter
 from pipeline.settings import ModelSettings
 from pipeline.types import ModelName, SegmentationResult
 from schemas import SegmentRequest, SegmentResultMessage, encode_request, encode_result
-from segpipe.services import create_topics, local_kafka
 
 CODECS = ("none", "gzip", "snappy", "lz4", "zstd")
 

@@ -11,7 +11,7 @@ fi
 . .venv/bin/activate
 export PIP_DISABLE_PIP_VERSION_CHECK=1 SAM2_BUILD_CUDA=0
 python -m pip install -q -c requirements/cpu-constraints.txt torch==2.13.0
-python -m pip install -q -c requirements/cpu-constraints.txt -e '.[test]'
+python -m pip install -q -c requirements/cpu-constraints.txt -e '.[test,dev]'
 
 if ! command -v redis-server >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then

@@ -8,4 +8,5 @@ bash scripts/setup.sh
 export SEGPIPE_CHECKPOINT_DIR=${SEGPIPE_CHECKPOINT_DIR:-$PWD/checkpoints}
 python -m pipeline.checkpoints --out "$SEGPIPE_CHECKPOINT_DIR"
 ruff check .
+lint-imports
 python -m pytest "$@"

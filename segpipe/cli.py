@@ -8,10 +8,10 @@ import sys
 COMMANDS = {
     "worker": ("consumers.worker", "run a worker (consumer-group member)"),
     "publish": ("producers.cli", "publish images to the input topic"),
-    "results": ("consumers.results", "follow the output topic and print results"),
-    "gateway": ("segpipe.gateway", "HTTP gateway compatible with the original API (POST /segment, GET /health)"),
-    "render": ("consumers.render", "draw a result's masks over its image, or a contact sheet of several"),
-    "demo": ("segpipe.demo", "local broker + Redis + a worker + sample images -> printed results"),
+    "results": ("producers.results", "follow the output topic and print results"),
+    "gateway": ("gateway.app", "HTTP gateway compatible with the original API (POST /segment, GET /health)"),
+    "render": ("producers.render", "draw a result's masks over its image, or a contact sheet of several"),
+    "demo": ("devstack.demo", "local broker + Redis + a worker + sample images -> printed results"),
     "build-checkpoints": ("pipeline.checkpoints", "build random-weight demo/test checkpoints"),
 }
 

@@ -28,7 +28,7 @@ from worker_harness import (  # noqa: E402
     worker_environment,
 )
 
-from segpipe.services import (  # noqa: E402
+from devstack.services import (  # noqa: E402
     LocalKafka,
     LocalRedis,
     RedisServerNotFound,

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from segpipe.services import FAST_GROUP_CONFIG, LocalKafka, LocalRedis, stop_process
+from devstack.services import FAST_GROUP_CONFIG, LocalKafka, LocalRedis, stop_process
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -16,8 +16,8 @@ import redis
 from worker_harness import REPO_ROOT, PipelineTopics, WorkerProcess
 
 from consumers.dedup import DedupCache
+from devstack.services import FAST_GROUP_CONFIG, LocalKafka, LocalRedis
 from segpipe.config import AppSettings, RedisSettings
-from segpipe.services import FAST_GROUP_CONFIG, LocalKafka, LocalRedis
 
 __all__ = ["REPO_ROOT", "PipelineTopics", "WorkerProcess"]
 

@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from devstack.services import FAST_GROUP_CONFIG
 from schemas import SegmentResultMessage, decode_result
-from segpipe.services import FAST_GROUP_CONFIG
 
 
 def noise_png(seed: int, height: int, width: int) -> bytes:

@@ -18,12 +18,12 @@ from worker_harness import PipelineTopics
 
 from consumers import health as health_cli
 from consumers.metrics import MetricsServer, WorkerMetrics
-from consumers.results import follow_results
 from consumers.worker import Worker
+from devstack.services import free_port
 from pipeline.types import SegmentParams
 from producers.publisher import SegmentationProducer
+from producers.results import follow_results
 from segpipe.config import AppSettings
-from segpipe.services import free_port
 
 
 def _get(url: str) -> tuple[int, bytes]:

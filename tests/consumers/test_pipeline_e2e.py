@@ -20,6 +20,7 @@ from kafka_harness import (
 )
 from worker_harness import PipelineTopics, WorkerProcess
 
+from devstack.services import LocalKafka, free_port
 from pipeline.types import Prompts
 from schemas import (
     ResultStatus,
@@ -28,7 +29,6 @@ from schemas import (
     encode_request,
     request_headers,
 )
-from segpipe.services import LocalKafka, free_port
 
 pytestmark = pytest.mark.slow
 

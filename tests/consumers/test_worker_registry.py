@@ -12,13 +12,13 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from kafka_harness import collect, noise_png
 from worker_harness import PipelineTopics
 
-from consumers.results import follow_results
 from consumers.worker import Worker
+from devstack.services import LocalKafka
 from producers.publisher import SegmentationProducer
+from producers.results import follow_results
 from schemas import ResultStatus
 from schemas.registry import RegistrySettings, WireCodec
 from segpipe.config import AppSettings
-from segpipe.services import LocalKafka
 
 
 def test_worker_reads_and_writes_registry_framed_avro(

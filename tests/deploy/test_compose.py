@@ -350,7 +350,7 @@ def test_worker_starts_after_its_dependencies_and_stops_gracefully(compose: dict
 def test_gateway_is_opt_in(compose: dict[str, Any]) -> None:
     gateway = service(compose, "gateway")
     assert gateway.get("profiles") == ["gateway"], "without a profile `docker compose up` would start it"
-    assert gateway["command"] == ["python", "-m", "segpipe.gateway"]
+    assert gateway["command"] == ["python", "-m", "gateway"]
     port = int(environment(gateway)["PORT"])
     assert port == 5000 and port in {target for _, _, target in published_ports(gateway)}
     for name, svc in compose["services"].items():

@@ -15,10 +15,10 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 from PIL import Image
 
+from devstack.services import FAST_GROUP_CONFIG, LocalKafka, free_port
 from pipeline.types import ModelChoice, Prompts, SegmentParams
 from producers.cli import ENV_PREFIX, main
 from schemas import decode_request, parse_bare_request
-from segpipe.services import FAST_GROUP_CONFIG, LocalKafka, free_port
 
 TopicFactory = Callable[..., str]
 

@@ -14,6 +14,7 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 from PIL import Image
 
+from devstack.services import FAST_GROUP_CONFIG, LocalKafka, free_port
 from pipeline.errors import InvalidParametersError, InvalidPromptError
 from pipeline.image_io import decode_image
 from pipeline.types import ModelChoice, Prompts, SegmentParams
@@ -21,7 +22,6 @@ from producers import IMAGE_EXTENSIONS, Delivery, Failure, PublishError, Segment
 from schemas import FORMAT_AVRO, FORMAT_HEADER, decode_request, parse_bare_request
 from segpipe.config import KafkaSettings
 from segpipe.kafka import make_producer
-from segpipe.services import FAST_GROUP_CONFIG, LocalKafka, free_port
 
 TopicFactory = Callable[..., str]
 

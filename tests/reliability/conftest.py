@@ -15,7 +15,7 @@ import pytest
 from reliability_harness import Report, TopicFollower, TopicsFactory
 from worker_harness import PipelineTopics, WorkerProcess, launch_worker, worker_environment
 
-from segpipe.services import LocalKafka, LocalRedis
+from devstack.services import LocalKafka, LocalRedis
 
 
 @pytest.fixture

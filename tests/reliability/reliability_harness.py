@@ -19,10 +19,10 @@ import psutil
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 from worker_harness import PipelineTopics, WorkerProcess
 
+from devstack.services import FAST_GROUP_CONFIG
 from schemas import SegmentRequest, SegmentResultMessage, decode_dead_letter, decode_result, encode_request
 from schemas.headers import request_headers
 from schemas.messages import DeadLetter
-from segpipe.services import FAST_GROUP_CONFIG
 
 Headers = list[tuple[str, bytes]]
 TopicsFactory = Callable[..., PipelineTopics]  # the make_topics fixture

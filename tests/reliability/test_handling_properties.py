@@ -24,12 +24,12 @@ from reliability_harness import Report
 
 from consumers.dedup import DedupCache
 from consumers.processor import InboundRecord, Outcome, PendingSegmentation, RequestProcessor
+from devstack.services import LocalRedis
 from pipeline.segmenter import Segmenter
 from pipeline.settings import ModelSettings
 from pipeline.types import ModelChoice, Prompts, SegmentParams
 from schemas import BARE_HEADERS, ResultStatus, decode_dead_letter, decode_result, encode_dead_letter
 from segpipe.config import RedisSettings
-from segpipe.services import LocalRedis
 
 pytestmark = pytest.mark.slow
 

@@ -18,8 +18,8 @@ from reliability_harness import (
     committed_offsets,
 )
 
+from devstack.services import LocalKafka
 from schemas import ResultStatus
-from segpipe.services import LocalKafka
 
 pytestmark = pytest.mark.slow
 

@@ -27,9 +27,9 @@ from reliability_harness import (
 )
 
 from consumers.worker import Worker
+from devstack.services import LocalKafka
 from schemas import ResultStatus, SegmentResultMessage
 from segpipe.config import WorkerSettings
-from segpipe.services import LocalKafka
 
 pytestmark = pytest.mark.slow
 

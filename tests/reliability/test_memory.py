@@ -21,8 +21,8 @@ from reliability_harness import (
     rss,
 )
 
+from devstack.services import LocalKafka
 from schemas import ResultStatus
-from segpipe.services import LocalKafka
 
 pytestmark = pytest.mark.slow
 

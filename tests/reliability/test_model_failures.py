@@ -20,9 +20,9 @@ from reliability_harness import (
     noise_image,
 )
 
+from devstack.services import LocalKafka
 from pipeline.types import ModelChoice, SegmentParams
 from schemas import ResultStatus
-from segpipe.services import LocalKafka
 
 pytestmark = pytest.mark.slow
 

@@ -28,8 +28,8 @@ from reliability_harness import (
 )
 from worker_harness import PipelineTopics
 
+from devstack.services import LocalKafka, LocalRedis, LocalS3, create_topics, start_kafka, start_s3
 from schemas import ResultStatus
-from segpipe.services import LocalKafka, LocalRedis, LocalS3, create_topics, start_kafka, start_s3
 
 pytestmark = pytest.mark.slow
 

@@ -27,9 +27,9 @@ from reliability_harness import (
 )
 from worker_harness import WorkerProcess
 
+from devstack.services import LocalKafka
 from pipeline.types import ModelChoice, SegmentParams
 from schemas import ResultStatus
-from segpipe.services import LocalKafka
 
 pytestmark = pytest.mark.slow
 

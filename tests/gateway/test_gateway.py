@@ -1,4 +1,4 @@
-"""The HTTP gateway over real HTTP: ``python -m segpipe.gateway`` subprocesses, the real broker, a real worker.
+"""The HTTP gateway over real HTTP: ``python -m gateway.app`` subprocesses, the real broker, a real worker.
 
 One worker and one gateway serve the whole module (a worker loads its models and joins its group once, which
 costs seconds); the timeout and broker-down tests start their own gateway, without a worker or with a broker of
@@ -26,13 +26,13 @@ import numpy as np
 import pytest
 from worker_harness import REPO_ROOT, PipelineTopics, WorkerProcess, launch_worker, worker_environment
 
+from devstack.services import LocalKafka, LocalRedis, create_topics, delete_topics, free_port, start_kafka, stop_process
+from gateway.app import STATUS_BY_CODE, Gateway, GatewaySettings, result_to_api
 from pipeline.masks import decode_rle
 from pipeline.types import RLE, ModelName
 from schemas import ErrorInfo, SegmentResultMessage
 from segpipe.config import KafkaSettings
-from segpipe.gateway import STATUS_BY_CODE, Gateway, GatewaySettings, result_to_api
 from segpipe.kafka import make_admin
-from segpipe.services import LocalKafka, LocalRedis, create_topics, delete_topics, free_port, start_kafka, stop_process
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +49,7 @@ def noise_png(seed: int, height: int, width: int) -> bytes:
 
 @dataclass
 class GatewayProcess:
-    """A ``python -m segpipe.gateway`` subprocess and where it listens."""
+    """A ``python -m gateway.app`` subprocess and where it listens."""
 
     process: subprocess.Popen[bytes]
     url: str
@@ -89,7 +89,7 @@ def launch_gateway(env: dict[str, str], log_path: Path) -> GatewayProcess:
     env = {**env, "PORT": str(port), "GATEWAY_HOST": "127.0.0.1", "PYTHONPATH": str(REPO_ROOT)}
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "segpipe.gateway"], env=env, cwd=REPO_ROOT, stdout=log_file, stderr=log_file
+            [sys.executable, "-m", "gateway.app"], env=env, cwd=REPO_ROOT, stdout=log_file, stderr=log_file
         )
     return GatewayProcess(process, f"http://127.0.0.1:{port}", log_path)
 

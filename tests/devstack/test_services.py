@@ -13,7 +13,7 @@ import redis
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from segpipe.services import (
+from devstack.services import (
     FAST_GROUP_CONFIG,
     LocalKafka,
     LocalRedis,

@@ -12,7 +12,10 @@ import numpy as np
 import pytest
 from confluent_kafka import Producer
 
-from consumers.results import (
+from devstack.services import FAST_GROUP_CONFIG, LocalKafka
+from pipeline.masks import encode_rle
+from pipeline.types import FallbackReason, MaskRecord, ModelName, SegmentationResult
+from producers.results import (
     follow_dead_letters,
     follow_results,
     format_dead_letter,
@@ -20,8 +23,6 @@ from consumers.results import (
     main,
     result_to_json_dict,
 )
-from pipeline.masks import encode_rle
-from pipeline.types import FallbackReason, MaskRecord, ModelName, SegmentationResult
 from schemas import (
     DeadLetter,
     ErrorInfo,
@@ -31,7 +32,6 @@ from schemas import (
     encode_result,
 )
 from segpipe.config import KafkaSettings
-from segpipe.services import FAST_GROUP_CONFIG, LocalKafka
 
 TopicFactory = Callable[..., str]
 

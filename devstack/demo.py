@@ -28,15 +28,15 @@ from pathlib import Path
 
 import numpy as np
 
-from consumers.render import save_overlays
-from consumers.results import follow_results, format_summary
+from devstack.services import create_topics, free_port, local_kafka, local_redis
 from pipeline.checkpoints import ensure_demo_checkpoints
 from pipeline.image_io import decode_image
 from pipeline.types import SegmentParams
 from producers.publisher import SegmentationProducer
+from producers.render import save_overlays
+from producers.results import follow_results, format_summary
 from schemas import SegmentResultMessage
 from segpipe.config import KafkaSettings
-from segpipe.services import create_topics, free_port, local_kafka, local_redis
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def run_demo(samples: Path, checkpoints: Path, out_dir: Path, *, repeat: int = 2
         )
         port = free_port()
         gateway = subprocess.Popen(
-            [sys.executable, "-m", "segpipe.gateway"],
+            [sys.executable, "-m", "gateway.app"],
             env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap, "PORT": str(port), "LOG_LEVEL": "WARNING"},
             cwd=REPO_ROOT,
         )

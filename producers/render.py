@@ -29,9 +29,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 from PIL import Image
+from pycocotools import mask as coco_mask
 
 from pipeline.errors import SegmentationError
-from pipeline.masks import decode_rle
+from pipeline.types import RLE
 from schemas import SegmentResultMessage, result_from_dict
 
 __all__ = [
@@ -76,6 +77,13 @@ _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _SHEET_BACKGROUND = (24, 24, 24)
 _ERROR_COLOUR = (220, 30, 30)
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def _decode_rle(rle: RLE) -> np.ndarray:
+    """A result's COCO RLE as an (H, W) bool mask, with pycocotools alone (no torch: a client tool starts fast)."""
+    height, width = rle.size
+    decoded = coco_mask.decode({"size": [int(height), int(width)], "counts": rle.counts.encode("ascii")})
+    return decoded.astype(bool)
 
 
 def _as_rgb(image: np.ndarray) -> np.ndarray:
@@ -144,7 +152,7 @@ def render_overlay(
         _label(canvas, f"error: {result.error.code}", 0, 0, _ERROR_COLOUR, scale, stroke)
         return canvas
 
-    masks = [decode_rle(mask.rle) for mask in result.masks]
+    masks = [_decode_rle(mask.rle) for mask in result.masks]
     for index, pixels in enumerate(masks):
         if pixels.shape != (height, width):
             raise ValueError(

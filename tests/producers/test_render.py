@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from consumers.render import LABEL_HEIGHT, PALETTE, contact_sheet, main, render_overlay, save_overlays
-from consumers.results import result_to_json_dict
 from pipeline.masks import build_mask_record
 from pipeline.types import MaskRecord, ModelName, SegmentationResult
+from producers.render import LABEL_HEIGHT, PALETTE, contact_sheet, main, render_overlay, save_overlays
+from producers.results import result_to_json_dict
 from schemas import ErrorInfo, SegmentResultMessage
 
 HEIGHT, WIDTH = 120, 160

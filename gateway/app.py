@@ -11,7 +11,7 @@ Why a reply topic per gateway instance (``segpipe.replies.<instance id>``, one p
 output topic: the output topic carries every result of the pipeline (batch producers included), so each gateway
 would fetch and decode all of them to find its few, and N gateways would each read everything; with its own topic
 a gateway reads exactly its replies. It also needs no consumer group: the one partition is assigned directly, as
-:mod:`consumers.results` does, so start-up never waits for a group join (slow on tansu) and gateways never steal
+:mod:`producers.results` does, so start-up never waits for a group join (slow on tansu) and gateways never steal
 each other's replies. The price is one topic per instance: created at start-up and deleted at shutdown (best
 effort); it is created with ``retention.ms`` (``GATEWAY_REPLY_RETENTION_MS``) so the topic of a gateway that
 crashed holds little, and a stable ``GATEWAY_INSTANCE_ID`` (e.g. a StatefulSet pod name) makes a restarted gateway
@@ -27,7 +27,7 @@ Status codes: 200 with the masks; 400 for bad input (``invalid_image``, ``invali
 500 ``model_failed``/``internal_error``; 503 when Kafka does not take the request (``kafka_unavailable``) or a
 model is unavailable; 504 ``timeout`` when no result arrives within ``GATEWAY_TIMEOUT_S``.
 
-Run it with ``python -m segpipe.gateway`` or ``segpipe gateway`` (``PORT``, ``GATEWAY_HOST``, ``KAFKA_*``).
+Run it with ``python -m gateway.app`` or ``segpipe gateway`` (``PORT``, ``GATEWAY_HOST``, ``KAFKA_*``).
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ from segpipe.kafka import ensure_topics, make_admin, make_consumer, make_produce
 
 __all__ = ["Gateway", "GatewayError", "GatewaySettings", "create_app", "main", "result_to_api"]
 
-log = logging.getLogger("segpipe.gateway")  # not __name__: "__main__" under python -m
+log = logging.getLogger("gateway.app")  # not __name__: "__main__" under python -m
 
 #: HTTP status for each error code a result (or the gateway itself) can carry; unknown codes are 500.
 STATUS_BY_CODE: dict[str, int] = {
