@@ -82,6 +82,9 @@ KUBERNETES_OVERRIDES = {
     "SAM_MODEL_PATH",
     "BATCH_SIZE",  # spelled out: 4, the GPU default
 }
+# Identities that default to the host name, i.e. the pod name: a value in the shared ConfigMap would give every
+# replica the same client id, worker id (dedup claims) or reply topic.
+PER_POD_VARIABLES = ("KAFKA_CLIENT_ID", "WORKER_ID", "GATEWAY_INSTANCE_ID")
 _SECRET_WORDS = re.compile(r"PASSWORD|SECRET|TOKEN|USER_INFO|CREDENTIAL", re.IGNORECASE)
 _SHELL_VARIABLE = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)")
 
@@ -310,6 +313,10 @@ def config_problems(docs: list[Doc]) -> list[str]:
             problems.append(f"ConfigMap {CONFIGMAP} sets {name}, which no segpipe setting reads (a typo?)")
         if not isinstance(value, str):
             problems.append(f"ConfigMap {CONFIGMAP}: {name} must be a string, got {value!r}")
+        if name in PER_POD_VARIABLES:
+            problems.append(
+                f"ConfigMap {CONFIGMAP} sets {name}: every pod would share it (it defaults to the pod name)"
+            )
     with environment_only({k: str(v) for k, v in data.items()}):
         for cls in SETTINGS_CLASSES:
             try:
@@ -930,6 +937,7 @@ BREAKAGES: dict[str, tuple[Callable[[list[Doc]], None], str]] = {
     ),
     "required Secret": (_set(_WORKER, (*_CONTAINER, "envFrom", 1, "secretRef", "optional"), False), "must be optional"),
     "ConfigMap key typo": (_set(_CM, ("data", "REDIS_HOTS"), "segpipe-redis"), "no segpipe setting reads"),
+    "one worker id for every pod": (_set(_CM, ("data", "WORKER_ID"), "worker"), "every pod would share it"),
     "ConfigMap value invalid": (_set(_CM, ("data", "DEFAULT_CONF"), "1.5"), "invalid ModelSettings"),
     "ConfigMap value drifted from the default": (_set(_CM, ("data", "MAX_CONTOURS"), "20"), "code's default"),
     "ConfigMap number not a string": (_set(_CM, ("data", "REDIS_PORT"), 6379), "must be a string"),
