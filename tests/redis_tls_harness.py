@@ -24,6 +24,11 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from devstack.services import free_port, stop_process
 
+#: The least a worker's ACL user needs (docs/SECURITY.md): segpipe's keys only, reads, writes, MULTI/EXEC and scripts,
+#: nothing dangerous (FLUSHDB, KEYS, CONFIG, ...).
+WORKER_ACL = ("~segpipe:*", "resetchannels", "-@all", "+@read", "+@write", "+@transaction", "+@scripting",
+              "+@connection", "-@dangerous")  # fmt: skip
+
 
 @dataclass(frozen=True)
 class TlsFiles:
@@ -121,9 +126,15 @@ class TlsRedis:
 
 
 def start_tls_redis(
-    directory: Path, users: dict[str, str], *, auth_clients: str = "optional", timeout: float = 10.0
+    directory: Path,
+    users: dict[str, str],
+    *,
+    rules: tuple[str, ...] = WORKER_ACL,
+    auth_clients: str = "optional",
+    timeout: float = 10.0,
 ) -> TlsRedis:
-    """redis-server on 127.0.0.1 with TLS only (no plain port), ``users`` (name -> password) and no default user."""
+    """redis-server on 127.0.0.1 with TLS only (no plain port), ``users`` (name -> password) holding ACL ``rules``,
+    and no default user."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.skip("redis-server not installed (apt-get install -y redis-server)")
@@ -143,7 +154,7 @@ def start_tls_redis(
         "--dir", str(directory),
     ]  # fmt: skip
     for name, password in users.items():
-        command += ["--user", name, "on", f">{password}", "~*", "&*", "+@all"]
+        command += ["--user", name, "on", f">{password}", *rules]
     command += ["--user", "default", "off"]
     log_path = directory / f"redis-tls-{port}.log"
     with open(log_path, "wb") as log_file:

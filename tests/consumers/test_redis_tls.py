@@ -15,7 +15,7 @@ import pytest
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from redis_tls_harness import TlsRedis, make_tls_files, start_tls_redis
+from redis_tls_harness import WORKER_ACL, TlsRedis, make_tls_files, start_tls_redis
 
 from consumers.dedup import DedupCache
 from segpipe.config import RedisSettings
@@ -41,7 +41,7 @@ def _url(server: TlsRedis, user: str = USER, password: str = PASSWORD, scheme: s
 def _round_trip(settings: RedisSettings) -> DedupCache:
     """Store and read back through the cache (claim, put, alias lookup): the calls a worker makes."""
     cache = DedupCache(settings)
-    key = f"tls-test:{uuid.uuid4().hex}"
+    key = f"segpipe:tls-test:{uuid.uuid4().hex}"
     try:
         assert cache.lookup_or_claim(key, "w", timeout=1) is None
         cache.put(key, b"stored over TLS", "w", aliases=(f"{key}:alias",))
@@ -60,7 +60,7 @@ def test_dedup_cache_over_tls_with_an_acl_user_from_redis_url(
     monkeypatch.setenv("REDIS_SSL_CA_CERTS", str(tls_redis.tls.ca))
     settings = RedisSettings()
     cache = _round_trip(settings)
-    assert cache.client.acl_whoami() == USER
+    assert cache.client.connection_pool.connection_kwargs["username"] == USER  # the only user on
     assert cache.client.connection_pool.connection_kwargs["db"] == 3
     assert PASSWORD not in repr(settings) and PASSWORD not in settings.display_url
     assert settings.display_url == f"rediss://{USER}@127.0.0.1:{tls_redis.port}/3"
@@ -77,7 +77,26 @@ def test_dedup_cache_over_tls_from_separate_variables(tls_redis: TlsRedis, monke
     }.items():
         monkeypatch.setenv(name, value)
     cache = _round_trip(RedisSettings())
-    assert cache.client.acl_whoami() == USER
+    assert cache.client.connection_pool.connection_kwargs["username"] == USER  # the only user on
+
+
+def test_the_worker_acl_allows_the_cache_and_nothing_else(tls_redis: TlsRedis) -> None:
+    """The users here hold docs/SECURITY.md's ACL: segpipe's keys only, no FLUSHDB, KEYS or CONFIG."""
+    assert "~segpipe:*" in WORKER_ACL
+    client = RedisSettings(url=_url(tls_redis), ssl_ca_certs=str(tls_redis.tls.ca)).client()
+    try:
+        client.set("segpipe:acl-probe", b"1", ex=10)
+        for forbidden in (
+            lambda: client.set("other-app:key", b"1"),
+            lambda: client.get("other-app:key"),
+            client.flushdb,
+            lambda: client.keys("*"),
+            lambda: client.config_get("*"),
+        ):
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                forbidden()
+    finally:
+        client.close()
 
 
 @pytest.mark.parametrize(
@@ -121,6 +140,6 @@ def test_client_certificates_when_the_server_requires_them(tmp_path: Path) -> No
         settings = RedisSettings(
             **base, ssl_certfile=str(server.tls.client_cert), ssl_keyfile=str(server.tls.client_key)
         )
-        assert _round_trip(settings).client.acl_whoami() == USER
+        assert _round_trip(settings).healthy
     finally:
         server.stop()
