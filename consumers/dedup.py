@@ -90,11 +90,8 @@ class DedupCache:
 
     def __init__(self, settings: RedisSettings, client: redis.Redis | None = None) -> None:
         self.settings = settings
-        self.client = client or redis.Redis(
-            host=settings.host,
-            port=settings.port,
-            db=settings.db,
-            password=settings.password,
+        # Address, ACL user, password and TLS (REDIS_URL or REDIS_HOST/..., REDIS_SSL_*) come from the settings.
+        self.client = client or settings.client(
             socket_timeout=settings.socket_timeout,
             socket_connect_timeout=settings.socket_timeout,
             # One immediate retry (a pooled connection gone stale when Redis restarted), no backoff: redis-py's

@@ -23,9 +23,13 @@ reply consumer; both complete :class:`concurrent.futures.Future` objects that th
 more (timed out, duplicates of at-least-once delivery) and results for unknown ids are dropped and counted.
 
 Status codes: 200 with the masks; 400 for bad input (``invalid_image``, ``invalid_prompt``, ``invalid_parameters``,
-``malformed_request``, from the gateway's own checks or from the worker's error result); 413 ``image_too_large``;
+``malformed_request``, from the gateway's own checks or from the worker's error result); 401 ``unauthorized`` (API keys
+on, no valid key); 413 ``image_too_large``; 429 ``rate_limited``;
 500 ``model_failed``/``internal_error``; 503 when Kafka does not take the request (``kafka_unavailable``) or a
 model is unavailable; 504 ``timeout`` when no result arrives within ``GATEWAY_TIMEOUT_S``.
+
+Keys, rate limit and body limit: :mod:`gateway.security` (``GATEWAY_API_KEYS``, ``GATEWAY_API_KEYS_FILE``,
+``GATEWAY_RATE_LIMIT_PER_S``, ``GATEWAY_MAX_BODY_BYTES``), applied before a request reaches the handlers.
 
 Run it with ``python -m gateway.app`` or ``segpipe gateway`` (``PORT``, ``GATEWAY_HOST``, ``KAFKA_*``).
 """
@@ -48,15 +52,17 @@ from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Mapping, Sequence
 from concurrent.futures import Future, InvalidStateError
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.datastructures import UploadFile
 
+from gateway.security import ApiKeys, GatewayGuard, KeyFileError, RateLimiter
 from pipeline.errors import InvalidParametersError, SegmentationError
 from pipeline.types import ModelChoice, SegmentParams
 from producers.publisher import RECORD_OVERHEAD_BYTES, Delivery, Failure, SegmentationProducer
@@ -75,7 +81,9 @@ STATUS_BY_CODE: dict[str, int] = {
     "invalid_prompt": 400,
     "invalid_parameters": 400,
     "malformed_request": 400,
+    "unauthorized": 401,
     "image_too_large": 413,
+    "rate_limited": 429,
     "model_unavailable": 503,
     "model_failed": 500,
     "internal_error": 500,
@@ -100,7 +108,9 @@ def _default_instance_id() -> str:
 class GatewaySettings(BaseSettings):
     """How the gateway listens and waits. Environment: ``GATEWAY_<FIELD>``, and ``PORT`` like the original API."""
 
-    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore", frozen=True, populate_by_name=True)
+    model_config = SettingsConfigDict(
+        env_prefix="GATEWAY_", extra="ignore", frozen=True, populate_by_name=True, hide_input_in_errors=True
+    )
 
     host: str = "0.0.0.0"
     port: int = Field(5000, ge=1, le=65535, validation_alias=AliasChoices("GATEWAY_PORT", "PORT", "port"))
@@ -114,6 +124,14 @@ class GatewaySettings(BaseSettings):
     reply_retention_ms: int = Field(3_600_000, ge=60_000, description="retention of the reply topic")
     delete_reply_topic: bool = Field(True, description="delete the reply topic at shutdown")
     shutdown_timeout_s: float = Field(5.0, gt=0)
+    # Who may send and how much (gateway.security). Keys on = any of these set; off by default for the local stack.
+    api_keys: SecretStr | None = Field(None, description="comma-separated API keys a client may send")
+    api_keys_file: Path | None = Field(None, description="file of 'sha256:<hex> [name]' lines (hashed keys)")
+    max_body_bytes: int | None = Field(
+        None, ge=1024, description="largest request body read (then 413); default 2 x KAFKA_MESSAGE_MAX_BYTES"
+    )
+    rate_limit_per_s: float | None = Field(None, gt=0, description="requests/s per key (keys on) or client address")
+    rate_limit_burst: int | None = Field(None, ge=1, description="requests at once; default ceil(rate), at least 1")
 
     @field_validator("instance_id")
     @classmethod
@@ -617,6 +635,7 @@ def create_app(settings: GatewaySettings | None = None, kafka: KafkaSettings | N
             await asyncio.to_thread(gateway.close)
 
     app = FastAPI(title="segpipe gateway", version="1", lifespan=lifespan)
+    _guard(app, settings, kafka)
 
     @app.exception_handler(GatewayError)
     async def _gateway_error(_request: Request, exc: GatewayError) -> JSONResponse:
@@ -654,6 +673,27 @@ def create_app(settings: GatewaySettings | None = None, kafka: KafkaSettings | N
     return app
 
 
+def _guard(app: FastAPI, settings: GatewaySettings, kafka: KafkaSettings) -> None:
+    """Keys, rate limit and body limit in front of every handler (raises :class:`KeyFileError` on a bad key file)."""
+    keys = ApiKeys.load(
+        None if settings.api_keys is None else settings.api_keys.get_secret_value(), settings.api_keys_file
+    )
+    limiter = None
+    if settings.rate_limit_per_s is not None:
+        burst = settings.rate_limit_burst or max(1, math.ceil(settings.rate_limit_per_s))
+        limiter = RateLimiter(settings.rate_limit_per_s, burst)
+    max_body = settings.max_body_bytes or kafka.message_max_bytes * 2
+    app.add_middleware(GatewayGuard, max_body_bytes=max_body, keys=keys, limiter=limiter)
+    if keys.enabled:
+        log.info("API keys required: %d accepted", len(keys))
+    elif settings.host not in ("127.0.0.1", "::1", "localhost"):
+        log.warning(
+            "no API keys: anyone who reaches %s:%d may send (set GATEWAY_API_KEYS or GATEWAY_API_KEYS_FILE)",
+            settings.host,
+            settings.port,
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the gateway under uvicorn until SIGINT/SIGTERM; returns the exit status."""
     parser = argparse.ArgumentParser(prog="segpipe gateway", description="HTTP gateway: POST /segment, GET /health")
@@ -679,7 +719,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import uvicorn
 
-    config = uvicorn.Config(create_app(settings, kafka), host=settings.host, port=settings.port, log_config=None)
+    try:
+        app = create_app(settings, kafka)
+    except KeyFileError as exc:
+        print(f"segpipe gateway: invalid configuration: {exc}", file=sys.stderr)
+        return 1
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None)
     server = uvicorn.Server(config)
     server.run()
     # uvicorn exits without raising when start-up fails (the broker unreachable, the port taken).

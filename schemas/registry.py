@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from confluent_kafka.serialization import MessageField, SerializationContext
+from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.errors import MalformedRequestError, SegmentationError
@@ -29,17 +30,20 @@ MAGIC_BYTE = 0
 class RegistrySettings(BaseSettings):
     """Confluent Schema Registry. Environment: SCHEMA_REGISTRY_URL (``mock://name`` for tests), ..._USER_INFO."""
 
-    model_config = SettingsConfigDict(env_prefix="SCHEMA_REGISTRY_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="SCHEMA_REGISTRY_", extra="ignore", frozen=True, hide_input_in_errors=True
+    )
 
     url: str | None = None
-    basic_auth_user_info: str | None = None
+    basic_auth_user_info: SecretStr | None = None  # key:secret; shown as ********** in dumps and logs
     auto_register_schemas: bool = True
 
     def client_config(self) -> dict[str, Any]:
+        """The registry client's configuration: the one place the basic-auth secret is unwrapped."""
         config: dict[str, Any] = {"url": self.url}
-        if self.basic_auth_user_info:
+        if self.basic_auth_user_info is not None and self.basic_auth_user_info.get_secret_value():
             config["basic.auth.credentials.source"] = "USER_INFO"
-            config["basic.auth.user.info"] = self.basic_auth_user_info
+            config["basic.auth.user.info"] = self.basic_auth_user_info.get_secret_value()
         return config
 
 
