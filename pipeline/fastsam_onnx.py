@@ -59,15 +59,12 @@ def onnx_export_path(checkpoint: Path) -> Path:
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise ModelUnavailableError(f"FastSAM checkpoint not found: {checkpoint} (FASTSAM_MODEL_PATH)")
-    missing = [name for name in ("onnx", "onnxruntime", "onnxslim") if importlib.util.find_spec(name) is None]
-    if missing:
-        raise ModelUnavailableError(
-            f"FASTSAM_RUNTIME=onnx needs {', '.join(missing)} installed (pip install 'segpipe[onnx]')"
-        )
+    _require("onnxruntime")  # to run it
     name = onnx_file_name(checkpoint)
     for folder in _cache_dirs(checkpoint):
         if (folder / name).is_file():
             return folder / name
+    _require("onnx", "onnxslim")  # to export it
     with _export_lock:
         errors = []
         for folder in _cache_dirs(checkpoint):
@@ -81,6 +78,15 @@ def onnx_export_path(checkpoint: Path) -> Path:
             except OSError as exc:  # a read-only checkpoint folder: try the next one
                 errors.append(f"{folder}: {exc}")
         raise ModelUnavailableError(f"cannot write the ONNX export of {checkpoint}: {'; '.join(errors)}")
+
+
+def _require(*modules: str) -> None:
+    """Fail clearly rather than let ultralytics' requirement check try to pip install them (it would, online)."""
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ModelUnavailableError(
+            f"FASTSAM_RUNTIME=onnx needs {', '.join(missing)} installed (pip install 'segpipe[onnx]')"
+        )
 
 
 def _export(checkpoint: Path, target: Path) -> None:
