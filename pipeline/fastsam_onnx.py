@@ -59,12 +59,12 @@ def onnx_export_path(checkpoint: Path) -> Path:
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise ModelUnavailableError(f"FastSAM checkpoint not found: {checkpoint} (FASTSAM_MODEL_PATH)")
-    _require("onnxruntime")  # to run it
+    _require("onnx", "onnxruntime")  # to run it (ultralytics checks for onnx too)
     name = onnx_file_name(checkpoint)
     for folder in _cache_dirs(checkpoint):
         if (folder / name).is_file():
             return folder / name
-    _require("onnx", "onnxslim")  # to export it
+    _require("onnxslim")  # to export it
     with _export_lock:
         errors = []
         for folder in _cache_dirs(checkpoint):
