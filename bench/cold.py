@@ -10,9 +10,12 @@ assigned, and its result reader for the waiting request's result:
   included);
 - ``fastsam_loaded_s`` / ``sam2_loaded_s``: the load markers (interpreter start and imports are in the first).
 
-Two variants, interleaved trial by trial: the product default (``SAM2_BACKGROUND_LOAD=true``: SAM2 loads on a
-thread after FastSAM, the worker subscribes meanwhile) and ``sam2_foreground`` (both models before subscribing, as
-before). The group settings are the bench's (session timeout 6 s: tansu holds a JoinGroup for half of it).
+Three variants, interleaved trial by trial: the product default (``SAM2_BACKGROUND_LOAD=true``: SAM2 loads on a
+thread after FastSAM, the worker subscribes meanwhile), ``sam2_foreground`` (both models before subscribing, as
+before) and ``join_during_load`` (a worker change priced from the outside, ``bench/patched_worker.py``: both models
+load on a thread and the worker subscribes at once, so the group join overlaps the loading; "assigned" may then
+come before FastSAM is loaded, and ``first_result_s`` is the figure to compare). The group settings are the
+bench's (session timeout 6 s: tansu holds a JoinGroup for half of it).
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ MARKERS = {"loaded FastSAM": "fastsam_loaded_s", "loaded SAM2": "sam2_loaded_s",
 VARIANTS: dict[str, dict[str, str]] = {
     "default": {},
     "sam2_foreground": {"SAM2_BACKGROUND_LOAD": "false"},
+    # prices a worker change not made: subscribe first, load the models meanwhile (bench/patched_worker.py)
+    "join_during_load": {"BENCH_WORKER_PATCH": "warm_up_in_background"},
 }
 COLD_SEED = 30_000
 
@@ -51,7 +56,12 @@ def one_trial(bench: Bench, trial: int, variant: str) -> dict[str, Any]:
     sent = ctx.publisher.publish(names[0], image.png, partition=0, params=SegmentParams(), source="bench-cold")
     ctx.publisher.flush()
     env = bench.worker_env(group)
+    patch = ";".join(
+        p for p in (env.get("BENCH_WORKER_PATCH", ""), VARIANTS[variant].get("BENCH_WORKER_PATCH", "")) if p
+    )
     env.update(VARIANTS[variant], LOG_LEVEL="INFO")
+    if patch:
+        env["BENCH_WORKER_PATCH"] = patch
     base = ctx.reader.total
     started, started_epoch = time.monotonic(), time.time()
     worker = start_worker(f"bench-{group}", env, bench.tmp)
