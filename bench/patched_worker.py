@@ -8,7 +8,10 @@ The benchmark must not edit the product to try an idea, so this applies a change
 - ``max_in_flight=N``: the in-flight bound at which the worker pauses its partitions (it resumes at N // 2),
   without adding decode threads as raising MAX_WORKERS would;
 - ``torch_threads=N``: torch's intra-op threads, kept after ultralytics' first CPU predict (whose select_device()
-  sets them to min(8, cpus - 1)).
+  sets them to min(8, cpus - 1));
+- ``warm_up_in_background``: ``Segmenter.warm_up`` loads both models on a thread and returns at once, so the worker
+  subscribes (and its group join runs) while FastSAM loads; the first record waits on the model's lock. Prices
+  "subscribe before warm_up" for cold start (bench/cold.py's ``join_during_load`` variant).
 """
 
 from __future__ import annotations
@@ -65,12 +68,26 @@ def apply(spec: str) -> list[str]:
             worker_module.make_consumer = make_consumer  # type: ignore[assignment]
         elif name == "torch_threads":
             keep_torch_threads(int(value))
+        elif name == "warm_up_in_background":
+            import threading
+
+            from pipeline.segmenter import Segmenter
+
+            original_warm_up = Segmenter.warm_up
+
+            def warm_up(self: Any, background_sam2: bool | None = None, _original: Any = original_warm_up) -> Any:
+                thread = threading.Thread(target=_original, args=(self, False), name="warm-up", daemon=True)
+                thread.start()
+                return thread
+
+            Segmenter.warm_up = warm_up  # type: ignore[method-assign]
         elif name == "max_in_flight":
             bound = int(value)
             worker_module.Worker.max_in_flight = property(lambda _self, _bound=bound: _bound)  # type: ignore[assignment,method-assign]
         else:
             raise SystemExit(
-                f"unknown BENCH_WORKER_PATCH item {item!r}: expected poll_s, max_in_flight or torch_threads"
+                f"unknown BENCH_WORKER_PATCH item {item!r}: expected poll_s, max_in_flight, torch_threads or "
+                "warm_up_in_background"
             )
         applied.append(item)
     return applied

@@ -8,7 +8,10 @@ One process, one machine, the same images for every scenario:
     again (broker-bandwidth-bound), and small JPEGs (what bounds the worker's hits/s);
 (d) two worker processes in one group on a 2-partition topic;
 (e) ``Segmenter.segment_batch`` at batch sizes 1/2/4/8 over the same images;
-(f) (opt-in) worker RSS over 10,000 requests, mostly dedup hits.
+(f) (opt-in) worker RSS over 10,000 requests, mostly dedup hits;
+(peers) what a user would run instead: ultralytics' FastSAM loop, the original Flask API, our HTTP gateway
+    (bench/peers.py);
+(cold) a new worker's start to partitions assigned and to its first result (bench/cold.py).
 
 Scenarios run interleaved (a, b, c, d, e in every repeat) so a noisy neighbour hurts them alike; the report is the
 median over ``--repeat`` runs. The models are the random-weight tiny checkpoints at DEFAULT_CONF=0.005: at the
@@ -38,6 +41,7 @@ import psutil
 import redis
 
 from bench.chart import make_chart
+from bench.cold import cold_start
 from bench.harness import (
     REPO_ROOT,
     STAGES,
@@ -49,6 +53,7 @@ from bench.harness import (
 )
 from bench.images import encode_jpeg, make_images, synthetic_image
 from bench.patched_worker import keep_torch_threads
+from bench.peers import http_run, naive_loop, start_gateway, start_seed_api
 from bench.scenarios import (
     PipelineContext,
     bare_loop,
@@ -68,7 +73,7 @@ from pipeline.settings import ModelSettings
 from pipeline.types import ModelChoice, SegmentParams
 from segpipe.config import KafkaSettings, RedisSettings, WorkerSettings
 
-ALL_SCENARIOS = ("a", "b", "c", "d", "e", "f")
+ALL_SCENARIOS = ("a", "b", "c", "d", "e", "f", "peers", "cold")
 DEFAULT_SCENARIOS = "a,b,c,d,e"
 #: Seeds of images that warm models up; never measured, never equal to a measured image.
 WARM_SEED = 10_000
@@ -110,6 +115,8 @@ class Options:
     torch_threads: int | None
     timeout_s: float
     checkpoints: Path
+    clients: int
+    cold_trials: int
 
 
 def parse_args(argv: Sequence[str] | None) -> Options:
@@ -184,6 +191,10 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         default=Path(os.environ.get("SEGPIPE_CHECKPOINT_DIR", REPO_ROOT / "checkpoints")),
         help="demo checkpoints (built if absent)",
     )
+    parser.add_argument(
+        "--clients", type=int, default=4, help="concurrent HTTP clients of the peers seed_api and gateway (default 4)"
+    )
+    parser.add_argument("--cold-trials", type=int, default=3, help="worker starts per variant in (cold) (default 3)")
     args = parser.parse_args(argv)
     scenarios = tuple(s.strip().lower() for s in args.scenarios.split(",") if s.strip())
     unknown = sorted(set(scenarios) - set(ALL_SCENARIOS))
@@ -224,6 +235,8 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         torch_threads=args.torch_threads,
         timeout_s=args.timeout,
         checkpoints=args.checkpoints,
+        clients=max(1, args.clients),
+        cold_trials=max(1, args.cold_trials),
     )
 
 
@@ -303,10 +316,11 @@ class Bench:
         self.topics: dict[str, tuple[str, str, str]] = {}
         self.segmenter: Segmenter | None = None
         self.torch_threads = 0
+        self.peer_servers: dict[str, Any] = {}
 
     # -- set-up --------------------------------------------------------------------------------------------------
     def needs_pipeline(self) -> bool:
-        return bool(set(self.o.scenarios) & {"b", "c", "d", "f"})
+        return bool(set(self.o.scenarios) & {"b", "c", "d", "f", "peers", "cold"})
 
     def start_services(self) -> None:
         self.kafka = start_kafka(log_dir=self.tmp)
@@ -435,6 +449,25 @@ class Bench:
     def pngs(self) -> list[bytes]:
         return [image.png for image in self.images]
 
+    def image_files(self) -> list[Path]:
+        """A warm-up image, then the measured images, as PNG files (p1 reads files, as a user's loop would)."""
+        folder = self.tmp / "images"
+        if not folder.is_dir():
+            folder.mkdir()
+            warm = make_images(1, self.o.width, self.o.height, first_seed=WARM_SEED + 50)[0]
+            for i, image in enumerate([warm, *self.images]):
+                (folder / f"{i:04d}.png").write_bytes(image.png)
+        return sorted(folder.glob("*.png"))
+
+    def start_peers(self) -> None:
+        """The seed API (loads its models meanwhile) and the gateway, publishing to worker b's input topic."""
+        assert self.kafka is not None and self.redis is not None
+        seed = start_seed_api(self.model_env, self.redis.host, self.redis.port, self.tmp)
+        self.stack.callback(seed.stop)
+        gateway = start_gateway(self.kafka.bootstrap, self.topics["b"][0], self.run_id, self.tmp)
+        self.stack.callback(gateway.stop)
+        self.peer_servers = {"seed_api": seed, "gateway": gateway}
+
     def hit_label(self, key: str) -> str:
         variant, closed = HIT_RUNS[key]
         if variant == "png":
@@ -490,6 +523,8 @@ def _iterate_repeats(bench: Bench) -> Iterator[tuple[int, dict[str, Any]]]:
             pair = [workers["bench-d1"], workers["bench-d2"]]
             run["d"] = pipeline_run(bench.ctx, bench.topics["d"][0], 2, bench.pngs(), pair, source="bench-d")
             _log(f"repeat {repeat + 1}: (d) {run['d']['images_per_s']:.3f} img/s")
+        if "peers" in o.scenarios:
+            _peers(bench, repeat, run)
         yield repeat, run
 
 
@@ -547,11 +582,70 @@ def _memory(bench: Bench) -> dict[str, Any]:
     return memory_run(bench.ctx, bench.topics["f"][0], worker, prime, bench.o.memory_requests, window=bench.o.window)
 
 
-def summarise(runs: list[dict[str, Any]], memory: dict[str, Any] | None) -> dict[str, Any]:
+def _peers(bench: Bench, repeat: int, run: dict[str, Any]) -> None:
+    """p1 (the loop, its own process), p2 (seed API) and p3 (gateway -> worker b), each from a flushed Redis."""
+    o, ctx = bench.o, bench.ctx
+    assert ctx is not None and bench.redis is not None and bench.kafka is not None
+    paths = bench.image_files()
+    run["p1"] = naive_loop(bench.model_env, paths[1:], paths[0], bench.tmp, o.timeout_s)
+    redis_ps = {"redis": ctx.redis}
+    seed, gateway, worker = bench.peer_servers["seed_api"], bench.peer_servers["gateway"], bench.workers["bench-b"]
+    bench.flush_redis()
+    run["p2"] = http_run(
+        seed.url,
+        bench.pngs(),
+        o.clients,
+        {"seed_api": seed.ps, **redis_ps},
+        alive=seed.check_alive,
+        timeout_s=o.timeout_s,
+    )
+    bench.flush_redis()
+
+    def alive() -> None:
+        gateway.check_alive()
+        worker.check_alive()
+
+    serving = {"gateway": gateway.ps, worker.worker_id: worker.ps, "broker": ctx.broker, **redis_ps}
+    run["p3"] = http_run(gateway.url, bench.pngs(), o.clients, serving, alive=alive, timeout_s=o.timeout_s)
+    for key in PEERS:
+        if key in run:
+            row = run[key]
+            _log(
+                f"repeat {repeat + 1}: {PEERS[key]}: {row['images_per_s']:.3f} img/s, "
+                f"p50 {row['latency_ms']['p50']:.0f} ms, p99 {row['latency_ms']['p99']:.0f} ms, "
+                f"{row['cpu_s_per_image']:.2f} CPU-s/img"
+            )
+
+
+#: peer rows of the report, in print order (p4 = the (b) and (d) rows)
+PEERS = {
+    "p1": "(p1) ultralytics FastSAM loop",
+    "p2": "(p2) seed API (Flask, 2 thr)",
+    "p3": "(p3) gateway -> 1 worker",
+}
+
+
+def headline(summary: dict[str, Any]) -> dict[str, Any]:
+    """The top-level numbers of the report (issue 14): b/a, one worker / naive loop, gateway / seed API, cold start."""
+    ratios = summary.get("ratios", {})
+    cold = summary.get("cold", {}).get("median", {}).get("default", {})
+    return {
+        "b_over_a": ratios.get("b_over_a"),
+        "worker_over_naive_loop": ratios.get("worker_over_naive_loop"),
+        "gateway_over_seed_api": ratios.get("gateway_over_seed_api"),
+        "gateway_p99_over_seed_api": ratios.get("gateway_p99_over_seed_api"),
+        "cold_start_s": cold.get("assigned_s"),
+        "cold_first_result_s": cold.get("first_result_s"),
+    }
+
+
+def summarise(
+    runs: list[dict[str, Any]], memory: dict[str, Any] | None, cold: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Medians over repeats, the ratios b/a and d/b (median of per-repeat ratios: each repeat is one paired trial),
     and a breakdown of the gap between (b) and (a)."""
     summary: dict[str, Any] = {}
-    for key in ("a", "b", *HIT_RUNS, "d", "e", "steps"):
+    for key in ("a", "b", *HIT_RUNS, "d", "e", "steps", *PEERS):
         values = [run[key] for run in runs if key in run]
         if values:
             summary[key] = median_of(values)
@@ -559,7 +653,15 @@ def summarise(runs: list[dict[str, Any]], memory: dict[str, Any] | None) -> dict
         curves = [run["e"]["curve"] for run in runs if "e" in run]
         summary["e"]["curve"] = [median_of([curve[i] for curve in curves]) for i in range(len(curves[0]))]
     ratios: dict[str, Any] = {}
-    pairs = {"b_over_a": ("b", "a"), "d_over_b": ("d", "b"), "c_png_over_b": ("c_png", "b")}
+    pairs = {
+        "b_over_a": ("b", "a"),
+        "d_over_b": ("d", "b"),
+        "c_png_over_b": ("c_png", "b"),
+        "worker_over_naive_loop": ("b", "p1"),
+        "two_workers_over_naive_loop": ("d", "p1"),
+        "gateway_over_seed_api": ("p3", "p2"),
+        "seed_api_over_naive_loop": ("p2", "p1"),
+    }
     for name, (top, bottom) in pairs.items():
         paired = [
             run[top]["images_per_s"] / run[bottom]["images_per_s"] for run in runs if top in run and bottom in run
@@ -568,6 +670,12 @@ def summarise(runs: list[dict[str, Any]], memory: dict[str, Any] | None) -> dict
             ratios[name] = median_of(paired)
             ratios[f"{name}_per_repeat"] = paired
             ratios[f"{name}_of_medians"] = summary[top]["images_per_s"] / summary[bottom]["images_per_s"]
+    p99 = [
+        run["p3"]["latency_ms"]["p99"] / run["p2"]["latency_ms"]["p99"] for run in runs if "p2" in run and "p3" in run
+    ]
+    if p99:
+        ratios["gateway_p99_over_seed_api"] = median_of(p99)
+        ratios["gateway_p99_over_seed_api_per_repeat"] = p99
     if "e" in summary and "a" in summary:
         best = max(summary["e"]["curve"], key=lambda p: p["images_per_s"])
         ratios["best_batch_over_a"] = best["images_per_s"] / summary["a"]["images_per_s"]
@@ -587,6 +695,8 @@ def summarise(runs: list[dict[str, Any]], memory: dict[str, Any] | None) -> dict
         }
     if memory is not None:
         summary["f"] = memory
+    if cold is not None:
+        summary["cold"] = cold
     return summary
 
 
@@ -633,9 +743,10 @@ def print_report(report: dict[str, Any]) -> None:
             "  stalled s: time in gaps of >= 200 ms between consecutive results (the worker pausing); window bound: "
             "closed-loop window / mean round trip (submitted -> received), the most a closed loop can reach"
         )
+    print_peers(report)
     for name, value in s["ratios"].items():
         if not name.endswith("_per_repeat"):
-            print(f"{name:<26}{value:9.3f}")
+            print(f"{name:<30}{value:9.3f}")
     if "e" in s:
         print(
             "(e) batch size -> img/s: "
@@ -651,6 +762,39 @@ def print_report(report: dict[str, Any]) -> None:
         )
 
 
+def print_peers(report: dict[str, Any]) -> None:
+    """The peer table: what a user would run instead, beside one and two workers; and the cold start."""
+    s = report["summary"]
+    rows = [(key, label) for key, label in PEERS.items() if key in s]
+    if rows:
+        rows += [(k, label) for k, label in (("b", "(p4) 1 worker, Kafka"), ("d", "(p4) 2 workers, Kafka")) if k in s]
+        clients = report["config"]["clients"]
+        print(
+            f"\npeers (same images; p2/p3 with {clients} concurrent clients){'img/s':>7}{'p50 ms':>9}{'p99 ms':>9}"
+            f"{'CPU s/img':>11}"
+        )
+        for key, label in rows:
+            row = s[key]
+            cpu = row["cpu_s_per_image"]
+            if key in ("b", "d"):  # serving CPU: workers + broker + Redis (not the bench's own)
+                cpu = sum(v for n, v in row["cpu_s"].items() if n != "bench" and v == v) / row["images"]
+            print(
+                f"{label:<47}{row['images_per_s']:9.3f}{row['latency_ms']['p50']:9.0f}"
+                f"{row['latency_ms']['p99']:9.0f}{cpu:11.3f}"
+            )
+    cold = s.get("cold")
+    if cold:
+        for variant, med in cold["median"].items():
+            print(
+                f"cold start ({variant}, median of {cold['trials']}): assigned {med['assigned_s']:.2f} s, first result "
+                f"{med['first_result_s']:.2f} s, FastSAM loaded {med['fastsam_loaded_s']:.2f} s, SAM2 loaded "
+                f"{med['sam2_loaded_s']:.2f} s"
+            )
+    for key in ("cold_start_s", "cold_first_result_s"):  # the ratios are printed with the others below
+        if report.get(key) is not None:
+            print(f"{key:<30}{report[key]:9.3f}")
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the suite; write ``latest.json`` and ``latest.png`` under ``--out``; return the report."""
     options = parse_args(argv)
@@ -658,16 +802,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     load_at_start = list(os.getloadavg())
     runs: list[dict[str, Any]] = []
     memory: dict[str, Any] | None = None
+    cold: dict[str, Any] | None = None
     with contextlib.ExitStack() as stack:
         bench = Bench(options, stack)
         if bench.needs_pipeline():
             bench.start_services()
-            groups = {"b": ["bench-b"] if {"b", "c"} & set(options.scenarios) else [], "d": []}
+            groups = {"b": ["bench-b"] if {"b", "c", "peers"} & set(options.scenarios) else [], "d": []}
             if "d" in options.scenarios:
                 groups["d"] = ["bench-d1", "bench-d2"]
             for group, ids in groups.items():  # start the workers first: they load while the bench loads
                 for worker_id in ids:
                     bench.start_worker(worker_id, group)
+            if "peers" in options.scenarios:
+                bench.start_peers()
         _log("loading models in the bench process")
         bench.load_model()
         for group, ids in (("b", ["bench-b"]), ("d", ["bench-d1", "bench-d2"])):
@@ -676,6 +823,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 _log(f"workers {ids} ready")
         for _, run in _iterate_repeats(bench):
             runs.append(run)
+        if "cold" in options.scenarios:
+            cold = cold_start(bench, options.cold_trials, _log)
         if "f" in options.scenarios:
             memory = _memory(bench)
         machine = machine_info(options.device, bench.torch_threads)
@@ -710,16 +859,22 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 "torch_threads": options.torch_threads,
                 "png_bytes_mean": sum(len(i.png) for i in bench.images) / len(bench.images),
                 "model_env": bench.model_env,
+                "clients": options.clients,
+                "cold_trials": options.cold_trials,
             },
-            "summary": summarise(runs, memory),
+            "summary": summarise(runs, memory, cold),
             "runs": runs,
         }
+        report.update(headline(report["summary"]))
     report = clean_for_json(report)
     options.out.mkdir(parents=True, exist_ok=True)
     (options.out / "latest.json").write_text(json.dumps(report, indent=2))
-    make_chart(report, options.out / "latest.png")
+    written = [options.out / "latest.json"]
+    if {"a", "b", "d"} & report["summary"].keys():  # the chart draws these rows; peers or cold alone have none
+        make_chart(report, options.out / "latest.png")
+        written.append(options.out / "latest.png")
     print_report(report)
-    print(f"\nwrote {options.out / 'latest.json'} and {options.out / 'latest.png'} in {report['duration_s']:.0f}s")
+    print(f"\nwrote {' and '.join(map(str, written))} in {report['duration_s']:.0f}s")
     return report
 
 

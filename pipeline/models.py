@@ -23,6 +23,8 @@ from pipeline.types import Prompts
 if TYPE_CHECKING:
     import torch
 
+    from pipeline.sam2_cache import EmbeddingCache
+
 log = logging.getLogger(__name__)
 
 #: SAM2 hydra configs shipped inside the sam2 package, by the size word in official checkpoint names.
@@ -137,9 +139,10 @@ def torch_arange(n: int, like: torch.Tensor) -> torch.Tensor:
 class FastSAMModel:
     """ultralytics' FastSAM, loaded on first use; one instance per process, inference serialised by a lock."""
 
-    def __init__(self, checkpoint: Path, device: str) -> None:
+    def __init__(self, checkpoint: Path, device: str, *, runtime: str = "torch") -> None:
         self.checkpoint = Path(checkpoint)
         self.device = device
+        self.runtime = runtime  # "onnx": pipeline.fastsam_onnx
         self._lock = threading.Lock()
         self._model: Any = None
         self._predictor_class: type | None = None
@@ -152,8 +155,13 @@ class FastSAMModel:
             _import_torch()
             from ultralytics import FastSAM
 
+            path = self.checkpoint
+            if self.runtime == "onnx":
+                from pipeline.fastsam_onnx import onnx_export_path
+
+                path = onnx_export_path(self.checkpoint)
             try:
-                self._model = FastSAM(str(self.checkpoint))
+                self._model = FastSAM(str(path))
             except Exception as exc:  # a corrupt or foreign file: say which and why
                 raise ModelUnavailableError(f"cannot load FastSAM checkpoint {self.checkpoint}: {exc}") from exc
             self._predictor_class = _fastsam_predictor_class()
@@ -248,8 +256,17 @@ class SAM2Options:
 class SAM2Model:
     """SAM2 from the sam2 package: automatic mask generator for 'everything', image predictor for prompts."""
 
-    def __init__(self, checkpoint: Path, device: str, config: str | None, options: SAM2Options) -> None:
+    def __init__(
+        self,
+        checkpoint: Path,
+        device: str,
+        config: str | None,
+        options: SAM2Options,
+        *,
+        embeddings: EmbeddingCache | None = None,
+    ) -> None:
         self.checkpoint = Path(checkpoint)
+        self.embeddings = embeddings  # prompted images already seen skip the image encoder
         self.device = device
         self.config = config
         self.options = options
@@ -314,7 +331,10 @@ class SAM2Model:
         from pipeline.masks import stability_scores
 
         predictor = self._predictor
-        predictor.set_image(image)
+        if self.embeddings is not None:
+            self.embeddings.set_image(predictor, image)
+        else:
+            predictor.set_image(image)
         points = np.asarray(prompts.points, dtype=np.float32).reshape(-1, 2) if prompts.points else None
         labels = None
         if points is not None:

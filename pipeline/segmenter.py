@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import numbers
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -37,6 +38,7 @@ from pipeline.errors import (
 )
 from pipeline.masks import build_mask_record
 from pipeline.models import FastSAMModel, RawMask, SAM2Model, SAM2Options, resolve_device
+from pipeline.sam2_cache import EmbeddingCache
 from pipeline.settings import ModelSettings
 from pipeline.timing import ms_since
 from pipeline.types import (
@@ -167,7 +169,7 @@ class Segmenter:
         self.settings = settings
         device = resolve_device(settings.device)
         self.device = device
-        self.fastsam = fastsam or FastSAMModel(settings.fastsam_model_path, device)
+        self.fastsam = fastsam or FastSAMModel(settings.fastsam_model_path, device, runtime=settings.fastsam_runtime)
         self.sam2 = sam2 or SAM2Model(
             settings.sam_model_path,
             device,
@@ -178,15 +180,26 @@ class Segmenter:
                 pred_iou_thresh=settings.sam2_pred_iou_thresh,
                 stability_score_thresh=settings.sam2_stability_score_thresh,
             ),
+            embeddings=EmbeddingCache(
+                max_bytes=settings.sam2_embedding_cache_mb * 2**20, max_entries=settings.sam2_embedding_cache_entries
+            ),
         )
 
-    def warm_up(self) -> None:
-        """Load both models now; a missing checkpoint is logged, not fatal (the other model may still answer)."""
-        for model in (self.fastsam, self.sam2):
-            try:
-                model.load()
-            except ModelUnavailableError as exc:
-                log.error("%s", exc)
+    def warm_up(self, background_sam2: bool | None = None) -> threading.Thread | None:
+        """Load both models now; a missing checkpoint is logged, not fatal (the other model may still answer).
+
+        With ``background_sam2`` (default: ``SAM2_BACKGROUND_LOAD``) SAM2 loads on a daemon thread, returned, so a
+        worker can join its group after FastSAM alone (cold start); a fallback arriving before it is done waits on
+        the model's lock, which the loader holds.
+        """
+        background = self.settings.sam2_background_load if background_sam2 is None else background_sam2
+        _load_logged(self.fastsam)
+        if not background:
+            _load_logged(self.sam2)
+            return None
+        thread = threading.Thread(target=_load_logged, args=(self.sam2,), name="sam2-load", daemon=True)
+        thread.start()
+        return thread
 
     def segment(
         self, image: np.ndarray, prompts: Prompts | None = None, params: SegmentParams | None = None
@@ -377,3 +390,10 @@ def _release_accelerator_memory() -> None:
             torch.cuda.empty_cache()
     except Exception:  # noqa: BLE001 - best effort only
         pass
+
+
+def _load_logged(model: FastSAMModel | SAM2Model) -> None:
+    try:
+        model.load()
+    except ModelUnavailableError as exc:
+        log.error("%s", exc)

@@ -20,6 +20,16 @@ class ModelSettings(BaseSettings):
         None, description="SAM2 hydra config, e.g. configs/sam2.1/sam2.1_hiera_t.yaml; inferred from the file name"
     )
     device: Literal["auto", "cpu", "cuda", "mps"] | str = Field("auto", description="auto: CUDA when present")
+    fastsam_runtime: Literal["torch", "onnx"] = Field(
+        "torch", description="onnx: ultralytics' ONNX export run by ONNX Runtime (exported once, beside the checkpoint)"
+    )
+    sam2_background_load: bool = Field(
+        True, description="warm_up loads SAM2 on a thread, so a worker subscribes after FastSAM alone has loaded"
+    )
+    sam2_embedding_cache_mb: int = Field(
+        256, ge=0, description="LRU of SAM2 image embeddings for repeated prompted images (0: off)"
+    )
+    sam2_embedding_cache_entries: int = Field(32, ge=0, description="most images in that LRU")
 
     default_conf: float = Field(0.4, ge=0.0, le=1.0)
     default_iou: float = Field(0.8, ge=0.0, le=1.0)

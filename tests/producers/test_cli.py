@@ -87,7 +87,7 @@ def test_files_and_directories_print_ids_and_sources(
     assert [source for _, source in lines] == ["single.png", "a.png", "b.png"]
 
     records = read_records(kafka.bootstrap, topic, 3)
-    assert [r.key().decode() for r in records] == [request_id for request_id, _ in lines]
+    assert [decode_request(r.value()).request_id for r in records] == [request_id for request_id, _ in lines]
     requests = [decode_request(r.value()) for r in records]
     assert [r.image for r in requests] == [png_bytes(9), png_bytes(2), png_bytes(1)]
     assert all(r.prompts == Prompts(points=((1.0, 2.0),)) for r in requests)
@@ -233,7 +233,7 @@ def test_oversized_image_stops_with_exit_1(
     assert "b.png" in captured.err and "KAFKA_MESSAGE_MAX_BYTES" in captured.err
     ((request_id, source),) = [tuple(line.split("\t")) for line in captured.out.splitlines()]
     assert source == "a.png"  # what was published before the refusal is still delivered and reported
-    assert read_records(kafka.bootstrap, topic, 1)[0].key().decode() == request_id
+    assert decode_request(read_records(kafka.bootstrap, topic, 1)[0].value()).request_id == request_id
 
 
 def test_undelivered_requests_exit_1(

@@ -19,6 +19,7 @@ from pipeline.errors import InvalidParametersError, InvalidPromptError
 from pipeline.image_io import decode_image
 from pipeline.types import ModelChoice, Prompts, SegmentParams
 from producers import IMAGE_EXTENSIONS, Delivery, Failure, PublishError, SegmentationProducer
+from producers.publisher import image_key
 from schemas import FORMAT_AVRO, FORMAT_HEADER, decode_request, parse_bare_request
 from segpipe.config import KafkaSettings
 from segpipe.kafka import make_producer
@@ -102,12 +103,12 @@ def test_each_input_form_round_trips_as_avro(settings: KafkaSettings, tmp_path: 
 
     records = read_records(settings.bootstrap_servers, settings.input_topic, 4)
     requests = [decode_request(r.value()) for r in records]
-    assert [r.key() for r in records] == [i.encode() for i in ids]
+    assert [r.key() for r in records] == [image_key(r.image) for r in requests]  # repeats share a partition
     for record, request in zip(records, requests, strict=True):
         headers = header_dict(record)
         assert headers[FORMAT_HEADER] == FORMAT_AVRO
         assert headers["segpipe-request-id"] == request.request_id.encode()
-        assert request.request_id == record.key().decode()
+        assert len(record.key()) == 32
         assert request.submitted_at_ms > 0
 
     first, b64, array, from_file = requests
@@ -156,7 +157,7 @@ def test_bare_mode_reads_back_with_the_same_request(settings: KafkaSettings) -> 
         plain = producer.publish("aGVsbG8=")
     first, second = read_records(settings.bootstrap_servers, settings.input_topic, 2)
 
-    assert first.value() == png and first.key() == full.encode()
+    assert first.value() == png and first.key() == image_key(png)
     assert FORMAT_HEADER not in header_dict(first)
     request = parse_bare_request(first.value(), first.headers(), fallback_request_id="unused")
     assert request.request_id == full
@@ -174,7 +175,7 @@ def test_bare_mode_reads_back_with_the_same_request(settings: KafkaSettings) -> 
 
     assert second.value() == b"aGVsbG8="
     bare = parse_bare_request(second.value(), second.headers(), fallback_request_id="unused")
-    assert bare.request_id == plain == second.key().decode()
+    assert bare.request_id == plain and second.key() == image_key(b"aGVsbG8=")
     assert bare.params == SegmentParams() and bare.prompts == Prompts()
     assert set(header_dict(second)) == {"segpipe-request-id", "segpipe-model"}
 
@@ -194,7 +195,7 @@ def test_directory_publishing_picks_images_sorted(settings: KafkaSettings, tmp_p
 
     records = read_records(settings.bootstrap_servers, settings.input_topic, 8)
     sources = [decode_request(r.value()).source for r in records]
-    assert [r.key().decode() for r in records] == flat + deep
+    assert [decode_request(r.value()).request_id for r in records] == flat + deep
     assert sources[:3] == ["a.JPG", "b.png", "c.npy"]
     assert sources[3:] == ["a.JPG", "b.png", "c.npy", "sub/deeper/f.tif", "sub/e.webp"]
     assert ".gif" not in IMAGE_EXTENSIONS
@@ -264,7 +265,21 @@ def test_full_local_queue_waits_instead_of_failing(settings: KafkaSettings) -> N
     ids = [producer.publish(b"image %d" % i) for i in range(5)]
     assert [d.request_id for d in producer.flush()] == ids
     producer.close()
-    assert [r.key().decode() for r in read_records(settings.bootstrap_servers, settings.input_topic, 5)] == ids
+    records = read_records(settings.bootstrap_servers, settings.input_topic, 5)
+    assert [decode_request(r.value()).request_id for r in records] == ids
+
+
+def test_repeats_of_an_image_share_a_key_and_request_id_keys_stay_available(settings: KafkaSettings) -> None:
+    """Default key: the image's hash, so repeats land on one partition (one worker's caches); key_by="request_id"
+    keys by the id as before."""
+    with SegmentationProducer(settings) as by_image:  # one after the other: the records' order is known
+        ids = [by_image.publish(b"same image"), by_image.publish(b"same image", boxes=[[0, 0, 2, 2]])]
+        ids.append(by_image.publish(b"other image"))
+    with SegmentationProducer(settings, key_by="request_id") as by_id:
+        ids.append(by_id.publish(b"same image"))
+    keys = [r.key() for r in read_records(settings.bootstrap_servers, settings.input_topic, 4)]
+    assert keys[0] == keys[1] == image_key(b"same image") != keys[2]
+    assert keys[3] == ids[3].encode()
 
 
 def test_unreachable_broker_raises_publish_error() -> None:
