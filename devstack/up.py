@@ -55,8 +55,7 @@ from devstack.services import (
 from pipeline.checkpoints import checkpoint_dir, describe_checkpoints, discover_checkpoints, ensure_demo_checkpoints
 from pipeline.settings import ModelSettings
 from segpipe.config import KafkaSettings
-from segpipe.kafka import make_admin
-from segpipe.lag import group_lag
+from segpipe.lag import group_lag, quiet_admin
 from segpipe.preflight import connect_error
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -329,7 +328,7 @@ class Stack:
         first_t, first_n = self._rate_window[0]
         rate = (self._results_total - first_n) / (now - first_t) if now > first_t else 0.0
         if self._admin is None:
-            self._admin = make_admin(self.settings)
+            self._admin = quiet_admin(self.settings)
         try:
             lag: int | None = group_lag(self.settings, timeout=2.0, admin=self._admin).total
         except (KafkaException, LookupError):

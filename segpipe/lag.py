@@ -26,7 +26,16 @@ from segpipe.config import KafkaSettings
 from segpipe.kafka import make_admin
 from segpipe.preflight import ServiceUnavailable, check_kafka
 
-__all__ = ["GroupLag", "Member", "PartitionLag", "format_lag", "group_lag", "lag_from_statistics", "main"]
+__all__ = [
+    "GroupLag",
+    "Member",
+    "PartitionLag",
+    "format_lag",
+    "group_lag",
+    "lag_from_statistics",
+    "main",
+    "quiet_admin",
+]
 
 
 @dataclass(frozen=True)
@@ -141,6 +150,12 @@ def lag_from_statistics(stats_json: str) -> dict[tuple[str, int], int]:
     return lag
 
 
+def quiet_admin(settings: KafkaSettings) -> AdminClient:
+    """An admin client that logs warnings and errors only: at exit librdkafka reports, at info level, the internal
+    events of answered requests it discards ("Purging 1 unserved events from background queue")."""
+    return AdminClient({**settings.client_config(), "log_level": 4})
+
+
 def format_lag(report: GroupLag) -> str:
     """A table per partition, the total, then the members."""
     lines = [f"group {report.group} on {report.topic} ({report.state}): lag {report.total}"]
@@ -174,8 +189,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = KafkaSettings(**overrides)
     try:
         check_kafka(settings)
+        admin = quiet_admin(settings)
         while True:
-            report = group_lag(settings, args.group, args.topic)
+            report = group_lag(settings, args.group, args.topic, admin=admin)
             if args.json:
                 print(json.dumps({**asdict(report), "total": report.total}), flush=True)
             else:
