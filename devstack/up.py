@@ -191,8 +191,9 @@ class Stack:
         if self.control is not None:
             self.control.shutdown()
             self.control.server_close()
-        with contextlib.suppress(FileNotFoundError):
-            (self.state_dir / "up.json").unlink()
+        if self.control is not None:  # the control file is ours only once our endpoint serves
+            with contextlib.suppress(FileNotFoundError):
+                (self.state_dir / "up.json").unlink()
         slots = list(self.slots.values())
         for slot in slots:
             if slot.process.poll() is None:
@@ -620,6 +621,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     try:
         stack.start()
+    except RuntimeError as exc:  # a port taken, redis-server missing, a server that did not start
+        print(f"segpipe up: error: {exc}", file=sys.stderr)
+        stack.stop()
+        return 1
+    try:
         print(
             f"segpipe up: broker {stack.settings.bootstrap_servers} ({args.storage} storage), Redis "
             f"{HOST}:{args.redis_port}, {args.workers} worker(s); logs in {state_dir / 'logs'}\n"
@@ -628,9 +634,6 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         stack.run()
-    except RuntimeError as exc:
-        print(f"segpipe up: error: {exc}", file=sys.stderr)
-        return 1
     finally:
         print("segpipe up: stopping (workers finish and commit their work first) ...", flush=True)
         stack.stop()

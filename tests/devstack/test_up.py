@@ -174,6 +174,15 @@ def test_your_own_images_as_the_readme_says(stack: Stack, tmp_path: Path) -> Non
     assert masks >= 1, line
 
 
+def test_a_second_up_on_the_same_ports_says_so_and_leaves_the_first_alone(stack: Stack) -> None:
+    answer = _segpipe(["up"], stack.env, timeout=60)
+    assert answer.returncode == 1
+    (line,) = answer.stderr.splitlines()
+    assert line.startswith(f"segpipe up: error: port {stack.bootstrap.rsplit(':', 1)[1]} (broker) is already in use")
+    status = stack.status()
+    assert status is not None and status["ready"] == 1, "the running stack still answers"
+
+
 def _tiny_png(seed: int) -> bytes:
     pixels = np.random.default_rng(seed).integers(0, 256, (48, 64, 3), dtype=np.uint8)
     ok, data = cv2.imencode(".png", pixels)
