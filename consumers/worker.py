@@ -678,15 +678,15 @@ def main(argv: list[str] | None = None) -> None:
     log.info("%s", describe_checkpoints(settings.models))
     _preflight(settings)
     # Per-partition lag for /metrics, from librdkafka's statistics (served on the poll loop's thread).
-    lag = LagTracker() if settings.worker.metrics_port else None
-    worker = Worker(settings, consumer_overrides=lag.consumer_config() if lag is not None else None)
+    lag = LagTracker()
+    worker = Worker(settings, consumer_overrides=lag.consumer_config() if settings.worker.metrics_port else None)
     server = None
     if settings.worker.metrics_port:
         from consumers.metrics import MetricsServer, WorkerMetrics
 
         metrics = WorkerMetrics()
         metrics.attach(worker)
-        metrics.registry.register(LagCollector(lag, worker))  # type: ignore[arg-type]  # set with metrics_port
+        metrics.registry.register(LagCollector(lag, worker))
         server = MetricsServer(worker, metrics, port=settings.worker.metrics_port).start()
         log.info("metrics and health on :%d (/metrics, /health/live, /health/ready)", server.port)
     try:

@@ -552,7 +552,9 @@ def _default_port(variable: str, default: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="segpipe up", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="segpipe up", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--workers", type=int, default=1, metavar="N", help="workers to start (1)")
     parser.add_argument(
         "--partitions",
