@@ -232,3 +232,51 @@ def test_scaling_1_to_3_to_1_while_requests_flow_loses_none(stack: Stack) -> Non
             break
         time.sleep(0.5)
     assert lag == {"0": 0, "1": 0, "2": 0}, "every request answered and committed: no lag left on any partition"
+
+
+def test_plus_and_minus_keys_resize_the_group(tmp_path: Path, demo_checkpoints: tuple[Path, Path]) -> None:
+    """In a terminal, ``+`` adds a worker and ``-`` removes one (the foreground view's keys)."""
+    import pty
+
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO_ROOT),
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+        "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
+        "REDIS_PORT": str(free_port()),
+        "METRICS_PORT": str(free_port()),
+        "SEGPIPE_CHECKPOINT_DIR": str(demo_checkpoints[0].parent),
+        "OMP_NUM_THREADS": "1",
+    }
+    master, terminal = pty.openpty()
+    output = tmp_path / "up.out"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "segpipe.cli", "up", "--workers", "0"],
+        env=env,
+        cwd=REPO_ROOT,
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+    )
+    os.close(terminal)
+
+    def drain() -> None:  # a terminal nobody reads fills up and blocks the writer
+        with open(output, "ab") as out, contextlib.suppress(OSError):
+            while chunk := os.read(master, 4096):
+                out.write(chunk)
+                out.flush()
+
+    threading.Thread(target=drain, daemon=True).start()
+    stack = Stack(process, env, output, env["KAFKA_BOOTSTRAP_SERVERS"], int(env["REDIS_PORT"]))
+    try:
+        stack.wait("the stack answering", lambda s: s["desired"] == 0, timeout=120)
+        assert "(+/- add or remove a worker)" in stack.text()
+        os.write(master, b"+")
+        stack.wait("a worker added by +", lambda s: s["desired"] == 1 and s["workers"] == 1, timeout=30)
+        os.write(master, b"-")
+        stack.wait("the worker removed by -", lambda s: s["desired"] == 0 and s["workers"] == 0, timeout=30)
+    finally:
+        stop_process(process, signal.SIGINT, timeout=120)
+        os.close(master)
+    assert process.returncode == 0, stack.text()[-3000:]
+    assert "worker up-worker-0 started" in stack.text() and "stopping worker up-worker-0" in stack.text()
