@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from consumers.dedup import DedupCache
+from consumers.lag import LagCollector, LagTracker
 from consumers.processor import (
     InboundRecord,
     InternalError,
@@ -48,11 +49,13 @@ from consumers.processor import (
     PendingSegmentation,
     RequestProcessor,
 )
+from pipeline.checkpoints import describe_checkpoints, discover_checkpoints
 from pipeline.segmenter import Segmenter
 from pipeline.timing import ms_since
 from schemas.registry import WireCodec
 from segpipe.config import AppSettings
 from segpipe.kafka import make_consumer, make_producer, resume_now
+from segpipe.preflight import ServiceUnavailable, check_kafka, check_redis
 
 log = logging.getLogger(__name__)
 
@@ -648,6 +651,20 @@ class Worker:
             signal.signal(signum, lambda *_: self.stop())
 
 
+def _preflight(settings: AppSettings) -> None:
+    """Say in one line at start when the broker or Redis is missing; the worker still starts and waits for them
+    (in a deployment they may come up later), but the reason is not lost among the client's reconnect logs."""
+    try:
+        check_kafka(settings.kafka)
+    except ServiceUnavailable as exc:
+        log.error("%s; waiting for it", exc)
+    if settings.redis.enabled:
+        try:
+            check_redis(settings.redis, timeout=2.0)
+        except ServiceUnavailable as exc:
+            log.warning("%s; working without dedup until it answers", exc)
+
+
 def main(argv: list[str] | None = None) -> None:
     """``segpipe worker``: every flag is also an environment variable (shown in --help)."""
     parser = argparse.ArgumentParser(description="segpipe worker: segment images from Kafka")
@@ -657,13 +674,19 @@ def main(argv: list[str] | None = None) -> None:
 
     configure_logging()
     settings = AppSettings()
-    worker = Worker(settings)
+    settings.models = discover_checkpoints(settings.models)  # unset paths: the files set-up built
+    log.info("%s", describe_checkpoints(settings.models))
+    _preflight(settings)
+    # Per-partition lag for /metrics, from librdkafka's statistics (served on the poll loop's thread).
+    lag = LagTracker()
+    worker = Worker(settings, consumer_overrides=lag.consumer_config() if settings.worker.metrics_port else None)
     server = None
     if settings.worker.metrics_port:
         from consumers.metrics import MetricsServer, WorkerMetrics
 
         metrics = WorkerMetrics()
         metrics.attach(worker)
+        metrics.registry.register(LagCollector(lag, worker))
         server = MetricsServer(worker, metrics, port=settings.worker.metrics_port).start()
         log.info("metrics and health on :%d (/metrics, /health/live, /health/ready)", server.port)
     try:

@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -134,9 +135,27 @@ def _publish_and_print(
             pictures.append((decode_image(by_name[name].read_bytes()), message))
     elapsed = time.perf_counter() - started
     print(f"{received}/{len(ids)} results in {elapsed:.1f}s, {hits} from the Redis dedup cache", flush=True)
-    written = save_overlays(pictures, out_dir)
-    print(f"overlay pictures: {len(written) - 1} in {out_dir}/ plus {written[-1].name}", flush=True)
+    print(save_pictures(pictures, out_dir), flush=True)
     return received
+
+
+#: What :func:`producers.render.save_overlays` writes: ``NN-<request id>.png`` and ``contact_sheet.png``.
+_OVERLAY_NAME = re.compile(r"^\d{2,}-.+\.png$")
+
+
+def save_pictures(pictures: list[tuple[np.ndarray, SegmentResultMessage]], out_dir: Path) -> str:
+    """Write this run's overlays into ``out_dir`` after removing the previous run's; returns the line to print.
+
+    Only files of the overlay naming are removed, so a folder the user pointed ``--out`` at keeps anything else.
+    """
+    if out_dir.is_dir():
+        for old in out_dir.iterdir():
+            if old.is_file() and (_OVERLAY_NAME.match(old.name) or old.name == "contact_sheet.png"):
+                old.unlink()
+    written = save_overlays(pictures, out_dir)
+    if not written:
+        return f"overlay pictures: none (no computed result to draw); {out_dir}/ cleared"
+    return f"overlay pictures: {len(written) - 1} in {out_dir}/ plus {written[-1].name}"
 
 
 def _ask_the_http_api(port: int, image: Path) -> None:

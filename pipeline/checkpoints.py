@@ -20,10 +20,14 @@ import tempfile
 from pathlib import Path
 
 from pipeline.models import _import_torch, configure_offline
+from pipeline.settings import ModelSettings
 
 FASTSAM_DEMO_NAME = "FastSAM-random-yolov8n-seg.pt"
 SAM2_DEMO_NAME = "sam2.1_hiera_tiny-random.pt"
 SAM2_DEMO_CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
+#: Official release names, preferred over the demo files when both are in the checkpoint folder (largest first).
+FASTSAM_RELEASE_NAMES = ("FastSAM-x.pt", "FastSAM-s.pt")
+SAM2_RELEASE_NAMES = tuple(f"sam2.1_hiera_{size}.pt" for size in ("large", "base_plus", "small", "tiny"))
 
 
 def build_fastsam_checkpoint(path: Path, *, arch: str = "yolov8n-seg.yaml", seed: int = 0) -> Path:
@@ -70,6 +74,64 @@ def ensure_demo_checkpoints(directory: Path, *, force: bool = False) -> tuple[Pa
     if force or not sam2.is_file():
         build_sam2_checkpoint(sam2)
     return fastsam, sam2
+
+
+def checkpoint_dir() -> Path:
+    """Where set-up puts checkpoints: ``SEGPIPE_CHECKPOINT_DIR``, else ``checkpoints/`` in the working directory."""
+    return Path(os.environ.get("SEGPIPE_CHECKPOINT_DIR") or "checkpoints")
+
+
+def discover_checkpoints(settings: ModelSettings, directory: Path | None = None) -> ModelSettings:
+    """``settings`` with each checkpoint path that was not set (FASTSAM_MODEL_PATH, SAM_MODEL_PATH) taken from the
+    checkpoint folder: an official release file if there is one, else the demo file set-up built. A path that was
+    set is kept as it is, and so is the default when the folder holds neither (the load then names what is missing).
+    """
+    folder = checkpoint_dir() if directory is None else directory
+    found: dict[str, object] = {}
+    for field_name, names in (
+        ("fastsam_model_path", (*FASTSAM_RELEASE_NAMES, FASTSAM_DEMO_NAME)),
+        ("sam_model_path", (*SAM2_RELEASE_NAMES, SAM2_DEMO_NAME)),
+    ):
+        if field_name in settings.model_fields_set:
+            continue
+        path = next((folder / name for name in names if (folder / name).is_file()), None)
+        if path is not None:
+            found[field_name] = path
+    sam2 = found.get("sam_model_path")
+    if isinstance(sam2, Path) and sam2.name == SAM2_DEMO_NAME and "sam2_config" not in settings.model_fields_set:
+        found["sam2_config"] = SAM2_DEMO_CONFIG  # the config it was built from, whatever its file name says
+    return settings.model_copy(update=found) if found else settings
+
+
+def is_demo_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is one of the demo files this module builds (by name: set-up writes them under these)."""
+    return Path(path).name in (FASTSAM_DEMO_NAME, SAM2_DEMO_NAME)
+
+
+def describe_checkpoints(settings: ModelSettings) -> str:
+    """One line for the logs: which files the models load and whether they are demo weights."""
+
+    def one(label: str, variable: str, field_name: str, path: Path) -> str:
+        if os.environ.get(variable):
+            origin = variable
+        elif field_name in settings.model_fields_set:
+            origin = "found in the checkpoint folder" if path.parent == checkpoint_dir() else "set in code"
+        else:
+            origin = "default"
+        if not path.is_file():
+            kind = "MISSING"
+        elif is_demo_checkpoint(path):
+            kind = "demo weights, masks not meaningful"
+        else:
+            kind = "not a demo file"
+        return f"{label} {path} ({origin}; {kind})"
+
+    return "checkpoints: " + ", ".join(
+        (
+            one("FastSAM", "FASTSAM_MODEL_PATH", "fastsam_model_path", settings.fastsam_model_path),
+            one("SAM2", "SAM_MODEL_PATH", "sam_model_path", settings.sam_model_path),
+        )
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -31,6 +31,7 @@ from pipeline.errors import SegmentationError
 from pipeline.types import SegmentParams
 from schemas import parse_model, prompts_from_lists
 from segpipe.config import KafkaSettings
+from segpipe.preflight import ServiceUnavailable, check_kafka
 
 from .publisher import PublishError, SegmentationProducer, image_files
 
@@ -223,6 +224,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"segpipe-publish: error: {exc.message}", file=sys.stderr)
         return 1
 
+    try:
+        check_kafka(settings)  # one line within seconds, rather than a minute of retries, when there is no broker
+    except ServiceUnavailable as exc:
+        print(f"segpipe-publish: error: {exc}", file=sys.stderr)
+        return 1
     _setup_logging()
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     published: list[tuple[str, str]] = []

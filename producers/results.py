@@ -33,7 +33,8 @@ from pipeline.errors import SegmentationError
 from schemas import DeadLetter, SegmentResultMessage, result_to_dict
 from schemas.registry import WireCodec
 from segpipe.config import KafkaSettings
-from segpipe.kafka import make_consumer
+from segpipe.kafka import make_admin, make_consumer
+from segpipe.preflight import ServiceUnavailable, check_kafka
 
 __all__ = [
     "dead_letter_to_dict",
@@ -383,6 +384,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"segpipe-results: error: {exc}", file=sys.stderr)
         return 1
 
+    try:
+        check_kafka(settings)  # one line within seconds when there is no broker, and a non-zero exit
+    except ServiceUnavailable as exc:
+        print(f"segpipe-results: error: {exc}", file=sys.stderr)
+        return 1
     if not logging.getLogger().handlers:
         from segpipe.logs import configure_logging
 
@@ -415,7 +421,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if wanted is not None and wanted - seen:
         print(f"segpipe-results: not seen: {' '.join(sorted(wanted - seen))}", file=sys.stderr)
         return 1
+    name = args.topic or (settings.dead_letter_topic if args.dead_letters else settings.output_topic)
+    if not seen and not _topic_exists(settings, name):
+        print(f"segpipe-results: error: topic {name} does not exist on {settings.bootstrap_servers}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _topic_exists(settings: KafkaSettings, name: str) -> bool:
+    """Whether ``name`` exists, so that following a topic that never appeared is a failure (exit 1)."""
+    try:
+        # All topics: a metadata request naming the topic may create it on brokers that auto-create topics.
+        topic = make_admin(settings).list_topics(timeout=5).topics.get(name)
+    except KafkaException:
+        return False
+    return topic is not None and topic.error is None and bool(topic.partitions)
 
 
 def _render(item: SegmentResultMessage | DeadLetter, *, json_format: bool, masks: bool) -> str:

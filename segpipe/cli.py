@@ -12,6 +12,8 @@ COMMANDS = {
     "gateway": ("gateway.app", "HTTP gateway compatible with the original API (POST /segment, GET /health)"),
     "render": ("producers.render", "draw a result's masks over its image, or a contact sheet of several"),
     "demo": ("devstack.demo", "local broker + Redis + a worker + sample images -> printed results"),
+    "up": ("devstack.up", "local broker + Redis + N workers on the default ports until Ctrl-C; --scale N resizes"),
+    "lag": ("segpipe.lag", "the workers' group: committed offset, end offset and lag per partition; members"),
     "build-checkpoints": ("pipeline.checkpoints", "build random-weight demo/test checkpoints"),
 }
 

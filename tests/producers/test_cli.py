@@ -15,7 +15,7 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 from PIL import Image
 
-from devstack.services import FAST_GROUP_CONFIG, LocalKafka, free_port
+from devstack.services import FAST_GROUP_CONFIG, LocalKafka
 from pipeline.types import ModelChoice, Prompts, SegmentParams
 from producers.cli import ENV_PREFIX, main
 from schemas import decode_request, parse_bare_request
@@ -237,12 +237,13 @@ def test_oversized_image_stops_with_exit_1(
 
 
 def test_undelivered_requests_exit_1(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    kafka: LocalKafka, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     image = tmp_path / "x.png"
     image.write_bytes(png_bytes())
     monkeypatch.setenv("KAFKA_EXTRA_CONFIG", '{"message.timeout.ms": 1500, "log_level": 0}')
-    assert main([str(image), "--bootstrap-servers", f"127.0.0.1:{free_port()}"]) == 1
+    # The broker answers (so the pre-flight probe passes) but refuses the records: an invalid topic name.
+    assert main([str(image), "--bootstrap-servers", kafka.bootstrap, "--topic", "invalid/topic?"]) == 1
     captured = capsys.readouterr()
     assert captured.out == ""
     assert "not delivered" in captured.err and "1 request(s) not delivered" in captured.err
