@@ -18,6 +18,7 @@ import pytest
 import yaml
 from pydantic_settings import BaseSettings
 
+from gateway.app import GatewaySettings
 from pipeline.settings import ModelSettings
 from segpipe.config import AppSettings, KafkaSettings, RedisSettings, WorkerSettings
 
@@ -25,7 +26,13 @@ REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
 KAFKA_SERVICE = "kafka"
 SEGPIPE_SERVICES = ("worker", "gateway")
-SETTINGS_CLASSES: tuple[type[BaseSettings], ...] = (KafkaSettings, RedisSettings, WorkerSettings, ModelSettings)
+SETTINGS_CLASSES: tuple[type[BaseSettings], ...] = (
+    KafkaSettings,
+    RedisSettings,
+    WorkerSettings,
+    ModelSettings,
+    GatewaySettings,
+)
 # Read straight from the environment by segpipe.logs.configure_logging rather than by a settings class.
 LOGGING_VARIABLES = ("LOG_LEVEL", "LOG_FORMAT")
 KAFKA_TOPICS_SH = "/opt/kafka/bin/kafka-topics.sh"
