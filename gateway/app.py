@@ -57,10 +57,10 @@ from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.datastructures import UploadFile
 
-from pipeline.errors import InvalidParametersError, SegmentationError
-from pipeline.types import ModelChoice, SegmentParams
+from pipeline.errors import SegmentationError
+from pipeline.params import PARAM_NAMES, SegmentParams, params_from_values
 from producers.publisher import RECORD_OVERHEAD_BYTES, Delivery, Failure, SegmentationProducer
-from schemas import SegmentResultMessage, parse_model
+from schemas import SegmentResultMessage
 from schemas.registry import WireCodec
 from segpipe.config import KafkaSettings
 from segpipe.kafka import ensure_topics, make_admin, make_consumer, make_producer
@@ -537,23 +537,9 @@ def _one_or_many(value: Any, arity: int) -> Any:
 
 
 def _params(fields: Mapping[str, Any]) -> SegmentParams:
-    """Per-request parameters; types are checked by the producer (400 ``invalid_parameters``), ranges by the worker."""
-    model = fields.get("model")
-    if model is None or model == "":
-        choice = ModelChoice.AUTO
-    elif isinstance(model, str):
-        choice = parse_model(model)
-    else:
-        raise InvalidParametersError(f"model must be a string (auto, fastsam or sam2), got {model!r:.40}")
-    return SegmentParams(
-        model=choice,
-        conf=fields.get("conf"),
-        iou=fields.get("iou"),
-        imgsz=fields.get("imgsz"),
-        max_contours=fields.get("max_contours"),
-        mask_post_processing=fields.get("mask_post_processing"),
-        fallback_min_score=fields.get("fallback_min_score"),
-    )
+    """Per-request parameters: the spec's fields by name (:mod:`pipeline.params`), validated by the spec, so a bad
+    value gets the same 400 ``invalid_parameters`` message as through Kafka; an empty form field means unset."""
+    return params_from_values({name: fields.get(name) for name in PARAM_NAMES if fields.get(name) != ""})
 
 
 async def _read_body(request: Request, max_part_bytes: int) -> tuple[bytes | str, dict[str, Any]]:

@@ -56,39 +56,20 @@ MAX_PROMPT_BOXES = 64
 
 
 def resolve_params(params: SegmentParams, settings: ModelSettings) -> SegmentParams:
-    """Fill every ``None`` from the settings and check ranges, so equal requests resolve to equal parameters."""
-    try:
-        model = ModelChoice(params.model)
-    except ValueError:
-        raise InvalidParametersError(f"unknown model {params.model!r}: expected auto, fastsam or sam2") from None
-    try:
-        resolved = _fill_defaults(params, model, settings)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise InvalidParametersError(f"parameters must be numbers: {exc}") from None
-    for name in ("conf", "iou", "fallback_min_score"):
-        value = getattr(resolved, name)
-        if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-            raise InvalidParametersError(f"{name} must be a number in [0, 1], got {value!r}")
-    if not 32 <= resolved.imgsz <= 4096:
-        raise InvalidParametersError(f"imgsz must be in [32, 4096], got {resolved.imgsz}")
-    if not 1 <= resolved.max_contours <= 1000:
-        raise InvalidParametersError(f"max_contours must be in [1, 1000], got {resolved.max_contours}")
-    return resolved
-
-
-def _fill_defaults(params: SegmentParams, model: ModelChoice, settings: ModelSettings) -> SegmentParams:
-    def pick(value: object, default: object, kind: type) -> object:
-        return default if value is None else kind(value)
-
-    return SegmentParams(
-        model=model,
-        conf=pick(params.conf, settings.default_conf, float),
-        iou=pick(params.iou, settings.default_iou, float),
-        imgsz=pick(params.imgsz, settings.fastsam_imgsz, int),
-        max_contours=pick(params.max_contours, settings.max_contours, int),
-        mask_post_processing=pick(params.mask_post_processing, settings.mask_post_processing, bool),
-        fallback_min_score=pick(params.fallback_min_score, settings.fallback_min_score, float),
-    )  # type: ignore[arg-type]
+    """Fill every ``None`` from the settings and validate by the spec (:mod:`pipeline.params`), so equal requests
+    resolve to equal parameters and a bad configured default is refused like a bad request value."""
+    if not isinstance(params, SegmentParams):
+        raise InvalidParametersError(f"params must be a SegmentParams, got {type(params).__name__}")
+    defaults = {
+        "conf": settings.default_conf,
+        "iou": settings.default_iou,
+        "imgsz": settings.fastsam_imgsz,
+        "max_contours": settings.max_contours,
+        "mask_post_processing": settings.mask_post_processing,
+        "fallback_min_score": settings.fallback_min_score,
+    }
+    values = params.model_dump()
+    return SegmentParams(**{name: defaults[name] if value is None else value for name, value in values.items()})
 
 
 def _is_finite_number(value: object) -> bool:

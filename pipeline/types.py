@@ -9,13 +9,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from pipeline.params import ModelChoice, SegmentParams
 
-class ModelChoice(StrEnum):
-    """Which model a request allows: ``auto`` is FastSAM first with SAM2 as fallback."""
-
-    AUTO = "auto"
-    FASTSAM = "fastsam"
-    SAM2 = "sam2"
+__all__ = [
+    "RLE",
+    "FallbackReason",
+    "MaskRecord",
+    "ModelChoice",
+    "ModelName",
+    "Prompts",
+    "SegmentParams",
+    "SegmentationResult",
+]
 
 
 class ModelName(StrEnum):
@@ -48,22 +53,6 @@ class Prompts:
     @property
     def empty(self) -> bool:
         return not self.points and not self.boxes
-
-
-@dataclass(frozen=True, slots=True)
-class SegmentParams:
-    """Per-request parameters that shape the result (and therefore take part in the dedup key).
-
-    ``None`` means "use the worker's configured default"; :meth:`resolve` fills them in.
-    """
-
-    model: ModelChoice = ModelChoice.AUTO
-    conf: float | None = None
-    iou: float | None = None
-    imgsz: int | None = None
-    max_contours: int | None = None
-    mask_post_processing: bool | None = None
-    fallback_min_score: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import numbers
 import os
 import re
 import threading
@@ -36,21 +35,15 @@ from tqdm import tqdm
 
 from pipeline.errors import InvalidParametersError
 from pipeline.types import Prompts, SegmentParams
-from schemas import SegmentRequest, now_ms, parse_model, prompts_from_lists, request_headers
+from schemas import SegmentRequest, now_ms, prompts_from_lists, request_headers
 from schemas.headers import (
     BOXES_HEADER,
-    CONF_HEADER,
-    FALLBACK_MIN_SCORE_HEADER,
-    IMGSZ_HEADER,
-    IOU_HEADER,
-    MASK_POST_PROCESSING_HEADER,
-    MAX_CONTOURS_HEADER,
-    MODEL_HEADER,
     POINT_LABELS_HEADER,
     POINTS_HEADER,
     REPLY_TO_HEADER,
     REQUEST_ID_HEADER,
     SOURCE_HEADER,
+    param_headers,
 )
 from schemas.registry import WireCodec
 from segpipe.config import KafkaSettings
@@ -473,45 +466,10 @@ def _listify(value: Any) -> Any:
 
 
 def _checked_params(params: SegmentParams) -> SegmentParams:
-    """Parameters with plain Python types, or :class:`InvalidParametersError` naming the wrong one.
-
-    Avro would refuse a wrong type with a less helpful message, and the bare path would send it on to fail in
-    the worker; numpy scalars are accepted and converted.
-    """
+    """Parameters as the spec validated them (construction already did), or a typed error for a foreign object."""
     if not isinstance(params, SegmentParams):
         raise InvalidParametersError(f"params must be a SegmentParams, got {type(params).__name__}")
-
-    def real(name: str, value: object) -> float | None:
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise InvalidParametersError(f"{name} must be a number, got {value!r:.80}")
-        return float(value)
-
-    def integer(name: str, value: object) -> int | None:
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            raise InvalidParametersError(f"{name} must be an integer, got {value!r:.80}")
-        return int(value)
-
-    flag = params.mask_post_processing
-    if flag is not None and not isinstance(flag, bool | np.bool_):
-        raise InvalidParametersError(f"mask_post_processing must be true or false, got {flag!r:.80}")
-    return SegmentParams(
-        model=parse_model(str(params.model)),
-        conf=real("conf", params.conf),
-        iou=real("iou", params.iou),
-        imgsz=integer("imgsz", params.imgsz),
-        max_contours=integer("max_contours", params.max_contours),
-        mask_post_processing=None if flag is None else bool(flag),
-        fallback_min_score=real("fallback_min_score", params.fallback_min_score),
-    )
-
-
-def _number_text(value: float) -> str:
-    """A float as header text that :func:`float` reads back exactly (``repr`` round-trips, nan and inf included)."""
-    return repr(value)
+    return params
 
 
 def _bare_headers(
@@ -520,23 +478,12 @@ def _bare_headers(
     """The ``segpipe-*`` headers of a bare request; unset parameters are left out so the worker's defaults apply."""
     text: list[tuple[str, str | None]] = [
         (REQUEST_ID_HEADER, request_id),
-        (MODEL_HEADER, str(params.model)),
-        (CONF_HEADER, None if params.conf is None else _number_text(params.conf)),
-        (IOU_HEADER, None if params.iou is None else _number_text(params.iou)),
-        (IMGSZ_HEADER, None if params.imgsz is None else str(params.imgsz)),
-        (MAX_CONTOURS_HEADER, None if params.max_contours is None else str(params.max_contours)),
-        (
-            MASK_POST_PROCESSING_HEADER,
-            None if params.mask_post_processing is None else str(params.mask_post_processing).lower(),
-        ),
-        (
-            FALLBACK_MIN_SCORE_HEADER,
-            None if params.fallback_min_score is None else _number_text(params.fallback_min_score),
-        ),
         (POINTS_HEADER, json.dumps([list(p) for p in prompts.points]) if prompts.points else None),
         (POINT_LABELS_HEADER, json.dumps(list(prompts.point_labels)) if prompts.point_labels else None),
         (BOXES_HEADER, json.dumps([list(b) for b in prompts.boxes]) if prompts.boxes else None),
         (SOURCE_HEADER, source),
         (REPLY_TO_HEADER, reply_to),
     ]
+    # Parameter headers are derived from the spec (pipeline.params), not listed here.
+    return [(name, value.encode("utf-8")) for name, value in text if value is not None] + param_headers(params)
     return [(name, value.encode("utf-8")) for name, value in text if value is not None]

@@ -35,9 +35,10 @@ import fastavro
 from fastavro.types import Schema
 
 from pipeline.errors import MalformedRequestError, SegmentationError
-from pipeline.types import RLE, FallbackReason, MaskRecord, ModelName, SegmentParams
+from pipeline.params import PARAM_NAMES, params_from_values
+from pipeline.types import RLE, FallbackReason, MaskRecord, ModelName
 
-from .headers import parse_model, prompts_from_lists
+from .headers import prompts_from_lists
 from .messages import (
     DeadLetter,
     ErrorInfo,
@@ -147,6 +148,11 @@ def _convert(what: str, build: Callable[[dict[str, Any]], _T], record: dict[str,
 # --- SegmentRequest ------------------------------------------------------------------------------------------------
 
 
+def _param_value(value: object) -> object:
+    """A parameter as Avro carries it: enums as their string."""
+    return value.value if isinstance(value, StrEnum) else value
+
+
 def _request_record(req: SegmentRequest) -> dict[str, Any]:
     p = req.params
     return {
@@ -157,15 +163,7 @@ def _request_record(req: SegmentRequest) -> dict[str, Any]:
         "boxes": [
             {"x1": float(x1), "y1": float(y1), "x2": float(x2), "y2": float(y2)} for x1, y1, x2, y2 in req.prompts.boxes
         ],
-        "params": {
-            "model": parse_model(str(p.model)).value,
-            "conf": p.conf,
-            "iou": p.iou,
-            "imgsz": p.imgsz,
-            "max_contours": p.max_contours,
-            "mask_post_processing": p.mask_post_processing,
-            "fallback_min_score": p.fallback_min_score,
-        },
+        "params": {name: _param_value(getattr(p, name)) for name in PARAM_NAMES},
         "source": req.source,
         "reply_to": req.reply_to,
         "submitted_at_ms": req.submitted_at_ms,
@@ -176,16 +174,7 @@ def _request_from_record(rec: dict[str, Any]) -> SegmentRequest:
     request_id = rec["request_id"]
     if not request_id:
         raise MalformedRequestError("request_id is empty")
-    p = rec["params"]
-    params = SegmentParams(
-        model=parse_model(p["model"]),
-        conf=p["conf"],
-        iou=p["iou"],
-        imgsz=p["imgsz"],
-        max_contours=p["max_contours"],
-        mask_post_processing=p["mask_post_processing"],
-        fallback_min_score=p["fallback_min_score"],
-    )
+    params = params_from_values({name: rec["params"].get(name) for name in PARAM_NAMES})
     prompts = prompts_from_lists(
         [(pt["x"], pt["y"]) for pt in rec["points"]],
         rec["point_labels"],

@@ -31,7 +31,7 @@ from pipeline.errors import (
 )
 from pipeline.masks import decode_rle, mask_bbox, rasterize_polygons
 from pipeline.models import FastSAMModel, RawMask, SAM2Model, SAM2Options, configure_offline
-from pipeline.segmenter import Segmenter, inference_scale, resolve_params, scale_prompts
+from pipeline.segmenter import Segmenter, inference_scale, scale_prompts
 from pipeline.settings import ModelSettings
 from pipeline.types import (
     FallbackReason,
@@ -612,40 +612,42 @@ _IMG = (240, 320)
             InvalidPromptError,
             id="65-boxes",
         ),
-        pytest.param(Prompts(), SegmentParams(model="foo"), InvalidParametersError, id="unknown-model"),  # type: ignore[arg-type]
-        pytest.param(Prompts(), SegmentParams(conf=1.5), InvalidParametersError, id="conf-1.5"),
-        pytest.param(Prompts(), SegmentParams(conf=NAN), InvalidParametersError, id="conf-nan"),
-        pytest.param(Prompts(), SegmentParams(iou=-0.1), InvalidParametersError, id="iou-negative"),
+        pytest.param(Prompts(), {"model": "foo"}, InvalidParametersError, id="unknown-model"),
+        pytest.param(Prompts(), {"conf": 1.5}, InvalidParametersError, id="conf-1.5"),
+        pytest.param(Prompts(), {"conf": NAN}, InvalidParametersError, id="conf-nan"),
+        pytest.param(Prompts(), {"iou": -0.1}, InvalidParametersError, id="iou-negative"),
         pytest.param(
             Prompts(),
-            SegmentParams(fallback_min_score=float("inf")),
+            {"fallback_min_score": float("inf")},
             InvalidParametersError,
             id="fallback-min-score-inf",
         ),
-        pytest.param(Prompts(), SegmentParams(imgsz=16), InvalidParametersError, id="imgsz-16"),
-        pytest.param(Prompts(), SegmentParams(max_contours=0), InvalidParametersError, id="max-contours-0"),
+        pytest.param(Prompts(), {"imgsz": 16}, InvalidParametersError, id="imgsz-16"),
+        pytest.param(Prompts(), {"max_contours": 0}, InvalidParametersError, id="max-contours-0"),
     ],
 )
 def test_invalid_prompts_and_parameters_are_refused_before_any_model(
     model_settings: ModelSettings,
     noise_image: np.ndarray,
     prompts: Prompts,
-    params: SegmentParams,
+    params: SegmentParams | dict[str, object],
     error: type[SegmentationError],
 ) -> None:
-    """Each bad request gets its typed error (and code); neither model is loaded or run."""
+    """Each bad request gets its typed error (and code); neither model is loaded or run. Bad parameters are refused
+    by the spec as soon as they are given (a dict here, so that construction happens inside the test)."""
     fastsam, sam2 = Tripwire("FastSAM"), Tripwire("SAM2")
     with pytest.raises(error) as caught:
-        engine(model_settings, fastsam=fastsam, sam2=sam2).segment(noise_image, prompts, params)
+        given = SegmentParams(**params) if isinstance(params, dict) else params
+        engine(model_settings, fastsam=fastsam, sam2=sam2).segment(noise_image, prompts, given)
     assert type(caught.value) is error
     assert caught.value.code == error.code
     assert fastsam.calls == 0 and sam2.calls == 0
 
 
-def test_resolve_params_rejects_unknown_model(model_settings: ModelSettings) -> None:
-    """An unknown model name is a parameter error at resolution time, not a ValueError from the enum."""
-    with pytest.raises(InvalidParametersError, match="foo"):
-        resolve_params(SegmentParams(model="foo"), model_settings)  # type: ignore[arg-type]
+def test_unknown_model_is_a_parameter_error() -> None:
+    """An unknown model name is a parameter error (from the spec), not a ValueError from the enum."""
+    with pytest.raises(InvalidParametersError, match="model must be one of auto, fastsam, sam2, got 'foo'"):
+        SegmentParams(model="foo")
 
 
 @pytest.mark.parametrize(
