@@ -70,7 +70,8 @@ class MaskRecord:
     rle: lossless mask; polygons: outer contours, largest first, at most MAX_CONTOURS, each flat
     [x1, y1, x2, y2, ...]; bbox: XYWH of the mask; area: mask pixels; predicted_iou: the model's own
     quality estimate (SAM2's IoU head, FastSAM's detection confidence); stability_score: IoU of the mask
-    logits thresholded at +offset and -offset around the mask threshold (SAM's definition).
+    logits thresholded at +offset and -offset around the mask threshold (SAM's definition); prompt_index: the
+    prompt the mask answers (the box's index, 0 for a set of points without boxes, None in everything mode).
     """
 
     rle: RLE
@@ -79,6 +80,7 @@ class MaskRecord:
     area: int
     predicted_iou: float
     stability_score: float
+    prompt_index: int | None = None  # the box it answers (0 for a point set); None in everything mode
 
 
 @dataclass(frozen=True, slots=True)
