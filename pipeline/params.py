@@ -120,9 +120,7 @@ class SegmentParams(BaseModel):
     )
     conf: Real = Field(None, ge=0.0, le=1.0, description="FastSAM confidence threshold.")
     iou: Real = Field(None, ge=0.0, le=1.0, description="FastSAM NMS IoU threshold.")
-    imgsz: Integer = Field(
-        None, ge=32, le=4096, multiple_of=32, description="FastSAM inference size in pixels."
-    )
+    imgsz: Integer = Field(None, ge=32, le=4096, multiple_of=32, description="FastSAM inference size in pixels.")
     max_contours: Integer = Field(None, ge=1, le=1000, description="Polygons kept per mask, largest first.")
     mask_post_processing: Flag = Field(None, description="Remove specks and fill small holes in masks.")
     fallback_min_score: Real = Field(
