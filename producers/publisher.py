@@ -33,7 +33,8 @@ import numpy as np
 from confluent_kafka import KafkaError, Message, Producer
 from tqdm import tqdm
 
-from pipeline.errors import InvalidParametersError
+from pipeline.errors import InvalidImageError, InvalidParametersError
+from pipeline.image_io import ImageLimits, decode_image
 from pipeline.types import Prompts, SegmentParams
 from schemas import SegmentRequest, now_ms, prompts_from_lists, request_headers
 from schemas.headers import (
@@ -450,11 +451,12 @@ def _base64_text(text: str) -> bytes:
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
-    """``.npy`` bytes of an image array; refuse what the worker's decoder would refuse anyway."""
-    if array.dtype != np.uint8:
-        raise ValueError(f"an image array must be uint8, got {array.dtype}")
-    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)) or 0 in array.shape:
-        raise ValueError(f"an image array must be (H, W) or (H, W, 1|3|4), got shape {array.shape}")
+    """``.npy`` bytes of an image array as the user holds it (uint8, uint16, [0, 1] floats...); what the worker's
+    decoder would refuse is refused here first, with its message (raised as ``ValueError``)."""
+    try:
+        decode_image(array, limits=ImageLimits(max_pixels=2**62, max_side=2**62, max_payload_bytes=2**62))
+    except InvalidImageError as exc:
+        raise ValueError(f"unusable image array: {exc.message}") from None
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
     return buffer.getvalue()
