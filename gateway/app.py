@@ -488,19 +488,52 @@ def _coordinate(value: float) -> float | int | None:
     return int(number) if number is not None and number.is_integer() else number
 
 
-def result_to_api(result: SegmentResultMessage) -> dict[str, Any]:
-    """An ``ok`` result in the original API's shape, plus the keys old clients ignore."""
-    masks = [
-        {
-            "segmentation": [[_coordinate(v) for v in polygon] for polygon in mask.polygons],
+#: How ``masks[].segmentation`` is written: ``points`` (default, the original API's documented shape: the mask's
+#: largest polygon as ``[[x, y], ...]``) or ``coco`` (every polygon as a flat ``[x1, y1, x2, y2, ...]`` list).
+SEGMENTATION_FORMATS = ("points", "coco")
+
+
+def _points(polygon: Sequence[float]) -> list[list[float | int | None]]:
+    """A flat polygon as ``[x, y]`` pairs."""
+    return [[_coordinate(polygon[i]), _coordinate(polygon[i + 1])] for i in range(0, len(polygon) - 1, 2)]
+
+
+def checked_segmentation_format(value: object) -> str:
+    """The requested segmentation format, or a 400 ``invalid_parameters`` naming the choices."""
+    if value not in SEGMENTATION_FORMATS:
+        raise GatewayError(
+            "invalid_parameters",
+            f"segmentation_format must be one of {', '.join(SEGMENTATION_FORMATS)}, got {value!r:.40}",
+        )
+    return str(value)
+
+
+def result_to_api(result: SegmentResultMessage, segmentation_format: str = "points") -> dict[str, Any]:
+    """An ``ok`` result in the original API's shape, plus the keys old clients ignore.
+
+    ``segmentation``: with ``points`` (default) the largest polygon as ``[[x, y], ...]``, as the original API
+    documents, and every polygon (largest first, at most ``max_contours``) under ``polygons``; with ``coco`` every
+    polygon as a flat COCO list. ``prompt_index`` says which prompt a mask answers (null in everything mode).
+    """
+    segmentation_format = checked_segmentation_format(segmentation_format)
+    masks = []
+    for mask in result.masks:
+        entry: dict[str, Any] = {}
+        if segmentation_format == "coco":
+            entry["segmentation"] = [[_coordinate(v) for v in polygon] for polygon in mask.polygons]
+        else:
+            polygons = [_points(polygon) for polygon in mask.polygons]
+            entry["segmentation"] = polygons[0] if polygons else []
+            entry["polygons"] = polygons
+        entry |= {
             "area": int(mask.area),
             "bbox": [_coordinate(v) for v in mask.bbox],
             "predicted_iou": _score(mask.predicted_iou),
             "stability_score": _score(mask.stability_score),
+            "prompt_index": mask.prompt_index,
             "rle": {"size": [int(v) for v in mask.rle.size], "counts": mask.rle.counts},
         }
-        for mask in result.masks
-    ]
+        masks.append(entry)
     return {
         "success": True,
         "num_masks": len(masks),
@@ -508,6 +541,7 @@ def result_to_api(result: SegmentResultMessage) -> dict[str, Any]:
         "request_id": result.request_id,
         "model": None if result.model is None else str(result.model),
         "fallback_reason": None if result.fallback_reason is None else str(result.fallback_reason),
+        "fallback_detail": result.fallback_detail,
         "cached": bool(result.cached),
         "image_size": {"width": result.width, "height": result.height},
         "timings_ms": {key: _score(value) for key, value in result.timings_ms.items()},
@@ -525,7 +559,7 @@ def _form_value(value: str) -> Any:
     """A form field as the JSON body would carry it: ``"[[1,2]]"`` -> list, ``"0.3"`` -> 0.3, ``"sam2"`` as is."""
     try:
         return json.loads(value)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON (or absurdly nested): the text itself, judged by the field's rule
         return value
 
 
@@ -568,6 +602,8 @@ async def _read_body(request: Request, max_part_bytes: int) -> tuple[bytes | str
     else:
         try:
             body = await request.json()
+        except RecursionError:
+            raise GatewayError("malformed_request", "the JSON body is nested too deeply") from None
         except ValueError:
             raise GatewayError(
                 "malformed_request", "the body must be JSON, or multipart/form-data with an 'image' file"
@@ -613,6 +649,8 @@ def create_app(settings: GatewaySettings | None = None, kafka: KafkaSettings | N
         """Segment one image: JSON (base64 ``image``) or multipart (``image`` file), as the original API."""
         gateway: Gateway = request.app.state.gateway
         image, fields = await _read_body(request, max_part_bytes=kafka.message_max_bytes * 2)
+        # Refused before anything is published.
+        segmentation_format = checked_segmentation_format(fields.get("segmentation_format") or "points")
         labels = fields.get("point_labels", fields.get("labels"))
         try:
             params = _params(fields)
@@ -629,7 +667,7 @@ def create_app(settings: GatewaySettings | None = None, kafka: KafkaSettings | N
         )
         if result.error is not None:
             raise GatewayError(result.error.code, result.error.message, request_id=result.request_id)
-        return JSONResponse(result_to_api(result))
+        return JSONResponse(result_to_api(result, segmentation_format))
 
     @app.get("/health")
     async def health(request: Request) -> JSONResponse:
