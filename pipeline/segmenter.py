@@ -7,10 +7,14 @@ The fallback rule (also in the README):
 2. ``model=sam2``: SAM2 only; ``fallback_reason`` stays empty, since nothing fell back.
 3. ``model=auto`` (default): FastSAM first. SAM2 answers instead when FastSAM
    - raises or cannot be loaded (out of memory included) -> ``fastsam_error``,
-   - finds no mask (after cleanup) -> ``no_masks``,
+   - finds no mask (after cleanup) -> ``no_masks``; with prompts: leaves any prompt unanswered by the rule of
+     :mod:`pipeline.prompts` (a box no mask touches...) -> ``no_masks``, the detail naming the boxes,
    - finds masks but its best predicted_iou is below ``fallback_min_score`` -> ``low_score``.
    If SAM2 then fails too, the request fails with ``model_failed`` naming both errors; if SAM2 finds nothing,
    its empty answer stands.
+
+With prompts every model gives exactly one mask per prompt (one per box in box order, one for a set of points),
+each with its ``prompt_index``; a prompt without an answer gets an empty mask, so indices never shift.
 
 The engine knows nothing of Kafka or Redis: the worker calls :meth:`Segmenter.segment_batch`.
 """
