@@ -269,3 +269,9 @@ def test_prompts_from_lists_accepts_numpy_numbers() -> None:
 def test_prompts_from_lists_refuses_bad_shapes(points: Any, labels: Any, boxes: Any, match: str) -> None:
     with pytest.raises(InvalidPromptError, match=match):
         prompts_from_lists(points, labels, boxes)
+
+
+def test_a_deeply_nested_json_header_says_so_without_recursion_text() -> None:
+    with pytest.raises(MalformedRequestError) as info:
+        bare([("segpipe-points", b"[" * 100_000 + b"]" * 100_000)])
+    assert "nested too deeply" in info.value.message and "recursion" not in info.value.message
