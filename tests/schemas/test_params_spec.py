@@ -31,3 +31,16 @@ def test_the_avro_docs_state_the_spec_rule() -> None:
         if param_kind(name) in ("float", "int"):
             rule = param_rule(name).removeprefix("a number ").removeprefix("an integer ")
             assert rule in str(field["doc"]), (name, rule)
+
+
+def test_the_readme_table_lists_every_parameter_with_its_header_and_rule() -> None:
+    from pathlib import Path
+
+    from pipeline.params import cli_flag, header_name
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    for name in PARAM_NAMES:
+        row = next((line for line in readme.splitlines() if line.startswith(f"| `{name}` |")), None)
+        assert row is not None, f"README's 'Request parameters' table has no row for {name}"
+        assert f"`{header_name(name)}`" in row and cli_flag(name)[2:] in row, row
+        assert param_rule(name).split(" (")[0] in row, (name, param_rule(name))
