@@ -147,7 +147,8 @@ def hostile_cases() -> list[Hostile]:
     no_format = "avro-without-format-header"
     cases.append(Hostile(no_format, valid_avro, bare(no_format), "malformed_request"))
     framed = b"\x00" + struct.pack(">I", 3) + valid_avro
-    cases.append(Hostile("registry-framed", framed, avro_headers, "malformed_request"))
+    framed_headers = [("segpipe-format", b"avro-v1"), ("segpipe-request-id", b"registry-framed")]
+    cases.append(Hostile("registry-framed", framed, framed_headers, "malformed_request"))
     # prompts outside the image, NaN, negative, wrong shapes
     add_avro("point-outside", png, "invalid_prompt", prompts=Prompts(points=((500.0, 10.0),)))
     add_avro("point-nan", png, "invalid_prompt", prompts=Prompts(points=((float("nan"), 10.0),)))
