@@ -161,6 +161,18 @@ def _convert(what: str, build: Callable[[dict[str, Any]], _T], record: dict[str,
 # --- SegmentRequest ------------------------------------------------------------------------------------------------
 
 
+def _params_record_fields() -> frozenset[str]:
+    """The fields of the nested ``Params`` record: the parameters of the first version. A parameter added later is
+    appended to ``SegmentRequest`` itself as an optional field, as the evolution rule requires (nothing is ever added
+    inside a nested record); the mapping below puts each spec parameter where the schema has it."""
+    request = json.loads(schema_text("SegmentRequest"))
+    (params,) = [field for field in request["fields"] if field["name"] == "params"]
+    return frozenset(field["name"] for field in params["type"]["fields"])
+
+
+_PARAMS_RECORD_FIELDS = _params_record_fields()
+
+
 def _param_value(value: object) -> object:
     """A parameter as Avro carries it: enums as their string."""
     return value.value if isinstance(value, StrEnum) else value
@@ -176,10 +188,12 @@ def _request_record(req: SegmentRequest) -> dict[str, Any]:
         "boxes": [
             {"x1": float(x1), "y1": float(y1), "x2": float(x2), "y2": float(y2)} for x1, y1, x2, y2 in req.prompts.boxes
         ],
-        "params": {name: _param_value(getattr(p, name)) for name in PARAM_NAMES},
+        "params": {name: _param_value(getattr(p, name)) for name in PARAM_NAMES if name in _PARAMS_RECORD_FIELDS},
         "source": req.source,
         "reply_to": req.reply_to,
         "submitted_at_ms": req.submitted_at_ms,
+        # Parameters added after the first version: top-level optional fields (never inside Params: the rule).
+        **{name: _param_value(getattr(p, name)) for name in PARAM_NAMES if name not in _PARAMS_RECORD_FIELDS},
     }
 
 
@@ -187,7 +201,9 @@ def _request_from_record(rec: dict[str, Any]) -> SegmentRequest:
     request_id = rec["request_id"]
     if not request_id:
         raise MalformedRequestError("request_id is empty")
-    params = params_from_values({name: rec["params"].get(name) for name in PARAM_NAMES})
+    params = params_from_values(
+        {name: (rec["params"] if name in _PARAMS_RECORD_FIELDS else rec).get(name) for name in PARAM_NAMES}
+    )
     prompts = prompts_from_lists(
         [(pt["x"], pt["y"]) for pt in rec["points"]],
         rec["point_labels"],

@@ -1,4 +1,5 @@
-"""The Avro ``Params`` record is the spec's fields, same names, order and types (so adding a parameter touches the
+"""The Avro request carries the spec's parameters, same names, order and types: the first version's in the nested
+``Params`` record, later ones appended to ``SegmentRequest`` as optional fields (so adding a parameter touches the
 spec, the .avsc and the case in tests/gateway/test_param_doors.py, and nothing else on the wire)."""
 
 from __future__ import annotations
@@ -17,16 +18,27 @@ def _params_fields() -> list[dict[str, object]]:
     return params["type"]["fields"]
 
 
-def test_the_avro_params_record_is_the_spec() -> None:
-    fields = _params_fields()
-    assert [field["name"] for field in fields] == list(PARAM_NAMES)
-    for field in fields:
+def _appended_param_fields() -> list[dict[str, object]]:
+    """Parameters added after the first version: top-level optional fields of SegmentRequest (the evolution rule
+    forbids adding inside the nested Params record)."""
+    request = json.loads(schema_text("SegmentRequest"))
+    return [field for field in request["fields"] if field["name"] in PARAM_NAMES]
+
+
+def test_the_avro_params_are_the_spec() -> None:
+    """The first version's parameters, in the Params record in spec order, then any later one appended at the top
+    level as an optional field: together exactly the spec's parameters."""
+    nested, appended = _params_fields(), _appended_param_fields()
+    assert [field["name"] for field in nested + appended] == list(PARAM_NAMES)
+    for field in nested + appended:
         assert field["type"] == AVRO_TYPE[param_kind(str(field["name"]))], field["name"]
+    for field in appended:
+        assert field["type"][0] == "null" and field["default"] is None, "appended fields are optional"
 
 
 def test_the_avro_docs_state_the_spec_rule() -> None:
     """Each ranged parameter's doc in the .avsc states the rule the spec enforces (imgsz's multiple of 32 included)."""
-    for field in _params_fields():
+    for field in _params_fields() + _appended_param_fields():
         name = str(field["name"])
         if param_kind(name) in ("float", "int"):
             rule = param_rule(name).removeprefix("a number ").removeprefix("an integer ")
