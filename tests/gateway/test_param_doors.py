@@ -60,7 +60,8 @@ def avro_door(name: str, value: Any) -> SegmentParams:
     record = fastavro.schemaless_reader(
         io.BytesIO(encode_request(SegmentRequest(request_id="r", image=b"img"))), REQUEST_SCHEMA
     )
-    record["params"][name] = value
+    # first-version parameters live in the nested Params record, later ones at the top (the evolution rule)
+    (record["params"] if name in record["params"] else record)[name] = value
     buf = io.BytesIO()
     fastavro.schemaless_writer(buf, REQUEST_SCHEMA, record)
     return decode_request(buf.getvalue()).params
