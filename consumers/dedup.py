@@ -66,7 +66,7 @@ def model_fingerprint(settings: ModelSettings) -> str:
 def dedup_key(image_sha256: str, prompts: Prompts, params: SegmentParams, fingerprint: str) -> str:
     """The cache key for one request; ``params`` must already be resolved (no None left)."""
     material = json.dumps(
-        {"image": image_sha256, "prompts": asdict(prompts), "params": asdict(params), "models": fingerprint},
+        {"image": image_sha256, "prompts": asdict(prompts), "params": params.model_dump(), "models": fingerprint},
         sort_keys=True,
         default=str,
     )
@@ -77,7 +77,7 @@ def payload_key(payload: bytes | str, prompts: Prompts, params: SegmentParams, f
     """The alias key of a request's image payload exactly as sent (before any decoding)."""
     data = payload.encode("utf-8") if isinstance(payload, str) else payload
     material = json.dumps(
-        {"payload": hashlib.sha256(data).hexdigest(), "prompts": asdict(prompts), "params": asdict(params)},
+        {"payload": hashlib.sha256(data).hexdigest(), "prompts": asdict(prompts), "params": params.model_dump()},
         sort_keys=True,
         default=str,
     )

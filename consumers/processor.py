@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from consumers.dedup import DedupCache, dedup_key, model_fingerprint, payload_key
-from pipeline.errors import ImageTooLargeError, MalformedRequestError, SegmentationError
+from pipeline.errors import ImageTooLargeError, InvalidImageError, MalformedRequestError, SegmentationError
 from pipeline.image_io import ImageLimits, decode_image, image_sha256
 from pipeline.segmenter import Segmenter, resolve_params, validate_prompts
 from pipeline.timing import ms_since
@@ -32,6 +32,7 @@ from schemas import (
     DeadLetter,
     ErrorInfo,
     Header,
+    RequestOrigin,
     SegmentRequest,
     SegmentResultMessage,
     encode_result,
@@ -42,7 +43,8 @@ from schemas import (
     peek_bare_envelope,
     peek_request_envelope,
 )
-from schemas.registry import PLAIN, WireCodec
+from schemas.headers import REQUEST_ID_HEADER
+from schemas.registry import PLAIN, WireCodec, looks_registry_framed
 from schemas.stored import StoredResult, encode_stored
 
 log = logging.getLogger(__name__)
@@ -68,7 +70,35 @@ class InboundRecord:
 
     @property
     def fallback_request_id(self) -> str:
+        """The request id when the record carries no ``segpipe-request-id`` header (and, for Avro, no readable
+        body): its Kafka key when that is UTF-8 text of 1..256 bytes, else ``topic:partition:offset``."""
+        key = self.key
+        if key and len(key) <= MAX_KEY_REQUEST_ID_BYTES:
+            try:
+                return key.decode("utf-8")
+            except UnicodeDecodeError:
+                pass
         return f"{self.topic}:{self.partition}:{self.offset}"
+
+    @property
+    def header_request_id(self) -> str | None:
+        """The ``segpipe-request-id`` header, when present, UTF-8 and not empty: it names the request whatever the
+        value holds, so even a record whose body cannot be read is answered under the caller's id."""
+        for key, value in self.headers:
+            if isinstance(key, str) and key.lower() == REQUEST_ID_HEADER and value:
+                try:
+                    return bytes(value).decode("utf-8")
+                except UnicodeDecodeError:
+                    return None
+        return None
+
+    @property
+    def origin(self) -> RequestOrigin:
+        return RequestOrigin(self.key, self.topic, self.partition, self.offset)
+
+
+#: Longest Kafka key used as a request id (longer keys are hashes or payloads, not names): topic:partition:offset.
+MAX_KEY_REQUEST_ID_BYTES = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +218,8 @@ class RequestProcessor:
             image = decode_image(request.image, limits=self.limits)
             validate_prompts(request.prompts, image.shape[1], image.shape[0])
             digest = image_sha256(image)
+        except InvalidImageError as exc:
+            return self.failure(record, self._explain(record, exc), request=request, started=started)
         except SegmentationError as exc:
             return self.failure(record, exc, request=request, started=started)
         # The wait between parsing and decoding (the worker's backlog) is queueing, not decoding.
@@ -213,18 +245,41 @@ class RequestProcessor:
         if is_avro_request(record.headers):
             if not record.value:
                 raise MalformedRequestError("Avro request record has no value")
-            return self.codec.decode_request(record.value, record.topic)
+            request = self.codec.decode_request(record.value, record.topic)
+            header = record.header_request_id
+            return request if header is None or header == request.request_id else replace(request, request_id=header)
         request = parse_bare_request(record.value, record.headers, fallback_request_id=record.fallback_request_id)
         if request.submitted_at_ms == 0 and record.timestamp_ms:
             request = replace(request, submitted_at_ms=record.timestamp_ms)
         return request
+
+    def _explain(self, record: InboundRecord, error: InvalidImageError) -> SegmentationError:
+        """A bare record whose value is not an image may be an Avro request sent without its format header: say so
+        instead of "not a supported image" (checked only on this failure path)."""
+        if is_avro_request(record.headers) or not record.value:
+            return error
+        try:
+            self.codec.decode_request(record.value, record.topic)
+        except SegmentationError:
+            if looks_registry_framed(record.value) and not self.codec.uses_registry:
+                return MalformedRequestError(
+                    f"{error.message}; the value starts with byte 0, like Schema Registry framing (magic byte 0 + "
+                    "4-byte schema id): set SCHEMA_REGISTRY_URL on the worker, and the segpipe-format: avro-v1 header"
+                )
+            return error
+        return MalformedRequestError(
+            "the record value is an Avro SegmentRequest but the record has no segpipe-format: avro-v1 header: "
+            "add the header (without it the value is read as a bare image)"
+        )
 
     def _from_cache(
         self, record: InboundRecord, request: SegmentRequest, stored: bytes, timings: dict[str, float], key: str
     ) -> Outcome | None:
         try:
             entry = StoredResult.parse(stored)
-            message, data = entry.hit(request.request_id, self.worker_id, request.source, timings_ms=timings)
+            message, data = entry.hit(
+                request.request_id, self.worker_id, request.source, timings_ms=timings, origin=record.origin
+            )
         except SegmentationError as exc:  # a corrupt or foreign entry: recompute rather than serve it
             log.warning("ignoring unreadable cache entry %s: %s", key, exc)
             return None
@@ -270,9 +325,9 @@ class RequestProcessor:
             worker_id=self.worker_id,
             source=pending.request.source,
             timings_ms={**pending.timings_ms, "batch_size": float(batch_size)},
-        )
+        ).with_origin(pending.record.origin)
         outcome = self._outcome(pending.record, message, pending.request)
-        if self.cache is not None:
+        if self.cache is not None:  # the origin is per request: the stored entry leaves it out
             aliases = (pending.payload_key,) if pending.payload_key else ()
             self.cache.put(pending.cache_key, encode_stored(message), self.worker_id, aliases=aliases)
         return outcome
@@ -314,9 +369,10 @@ class RequestProcessor:
                     envelope = peek_request_envelope(record.value or b"")
                 else:
                     envelope = peek_bare_envelope(record.headers, fallback_request_id=record.fallback_request_id)
-            except Exception:  # noqa: BLE001 - addressing is best effort; the record's position always works
+            except Exception:  # noqa: BLE001 - addressing is best effort; the key or position always works
                 envelope = None
-            request_id = envelope.request_id if envelope else record.fallback_request_id
+            # The header wins even over an unreadable body; then the body's own id; then the key or position.
+            request_id = record.header_request_id or (envelope.request_id if envelope else record.fallback_request_id)
             source = envelope.source if envelope else None
             reply_to = envelope.reply_to if envelope else None
         info = ErrorInfo.from_error(error)
@@ -336,7 +392,7 @@ class RequestProcessor:
         timings = {"decode": ms_since(started)} if started is not None else {}
         message = SegmentResultMessage.failure(
             request_id, info, worker_id=self.worker_id, source=source, image_sha256=digest, timings_ms=timings
-        )
+        ).with_origin(record.origin)
         dead_letter = DeadLetter(
             request_id=request_id,
             error=info,

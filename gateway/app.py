@@ -63,10 +63,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.datastructures import UploadFile
 
 from gateway.security import ApiKeys, GatewayGuard, KeyFileError, RateLimiter
-from pipeline.errors import InvalidParametersError, SegmentationError
-from pipeline.types import ModelChoice, SegmentParams
+from pipeline.errors import SegmentationError
+from pipeline.params import PARAM_NAMES, SegmentParams, params_from_values
 from producers.publisher import RECORD_OVERHEAD_BYTES, Delivery, Failure, SegmentationProducer
-from schemas import SegmentResultMessage, parse_model
+from schemas import SegmentResultMessage
 from schemas.registry import WireCodec
 from segpipe.config import KafkaSettings
 from segpipe.kafka import ensure_topics, make_admin, make_consumer, make_producer
@@ -506,19 +506,52 @@ def _coordinate(value: float) -> float | int | None:
     return int(number) if number is not None and number.is_integer() else number
 
 
-def result_to_api(result: SegmentResultMessage) -> dict[str, Any]:
-    """An ``ok`` result in the original API's shape, plus the keys old clients ignore."""
-    masks = [
-        {
-            "segmentation": [[_coordinate(v) for v in polygon] for polygon in mask.polygons],
+#: How ``masks[].segmentation`` is written: ``points`` (default, the original API's documented shape: the mask's
+#: largest polygon as ``[[x, y], ...]``) or ``coco`` (every polygon as a flat ``[x1, y1, x2, y2, ...]`` list).
+SEGMENTATION_FORMATS = ("points", "coco")
+
+
+def _points(polygon: Sequence[float]) -> list[list[float | int | None]]:
+    """A flat polygon as ``[x, y]`` pairs."""
+    return [[_coordinate(polygon[i]), _coordinate(polygon[i + 1])] for i in range(0, len(polygon) - 1, 2)]
+
+
+def checked_segmentation_format(value: object) -> str:
+    """The requested segmentation format, or a 400 ``invalid_parameters`` naming the choices."""
+    if value not in SEGMENTATION_FORMATS:
+        raise GatewayError(
+            "invalid_parameters",
+            f"segmentation_format must be one of {', '.join(SEGMENTATION_FORMATS)}, got {value!r:.40}",
+        )
+    return str(value)
+
+
+def result_to_api(result: SegmentResultMessage, segmentation_format: str = "points") -> dict[str, Any]:
+    """An ``ok`` result in the original API's shape, plus the keys old clients ignore.
+
+    ``segmentation``: with ``points`` (default) the largest polygon as ``[[x, y], ...]``, as the original API
+    documents, and every polygon (largest first, at most ``max_contours``) under ``polygons``; with ``coco`` every
+    polygon as a flat COCO list. ``prompt_index`` says which prompt a mask answers (null in everything mode).
+    """
+    segmentation_format = checked_segmentation_format(segmentation_format)
+    masks = []
+    for mask in result.masks:
+        entry: dict[str, Any] = {}
+        if segmentation_format == "coco":
+            entry["segmentation"] = [[_coordinate(v) for v in polygon] for polygon in mask.polygons]
+        else:
+            polygons = [_points(polygon) for polygon in mask.polygons]
+            entry["segmentation"] = polygons[0] if polygons else []
+            entry["polygons"] = polygons
+        entry |= {
             "area": int(mask.area),
             "bbox": [_coordinate(v) for v in mask.bbox],
             "predicted_iou": _score(mask.predicted_iou),
             "stability_score": _score(mask.stability_score),
+            "prompt_index": mask.prompt_index,
             "rle": {"size": [int(v) for v in mask.rle.size], "counts": mask.rle.counts},
         }
-        for mask in result.masks
-    ]
+        masks.append(entry)
     return {
         "success": True,
         "num_masks": len(masks),
@@ -526,6 +559,7 @@ def result_to_api(result: SegmentResultMessage) -> dict[str, Any]:
         "request_id": result.request_id,
         "model": None if result.model is None else str(result.model),
         "fallback_reason": None if result.fallback_reason is None else str(result.fallback_reason),
+        "fallback_detail": result.fallback_detail,
         "cached": bool(result.cached),
         "image_size": {"width": result.width, "height": result.height},
         "timings_ms": {key: _score(value) for key, value in result.timings_ms.items()},
@@ -543,7 +577,7 @@ def _form_value(value: str) -> Any:
     """A form field as the JSON body would carry it: ``"[[1,2]]"`` -> list, ``"0.3"`` -> 0.3, ``"sam2"`` as is."""
     try:
         return json.loads(value)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON (or absurdly nested): the text itself, judged by the field's rule
         return value
 
 
@@ -555,23 +589,9 @@ def _one_or_many(value: Any, arity: int) -> Any:
 
 
 def _params(fields: Mapping[str, Any]) -> SegmentParams:
-    """Per-request parameters; types are checked by the producer (400 ``invalid_parameters``), ranges by the worker."""
-    model = fields.get("model")
-    if model is None or model == "":
-        choice = ModelChoice.AUTO
-    elif isinstance(model, str):
-        choice = parse_model(model)
-    else:
-        raise InvalidParametersError(f"model must be a string (auto, fastsam or sam2), got {model!r:.40}")
-    return SegmentParams(
-        model=choice,
-        conf=fields.get("conf"),
-        iou=fields.get("iou"),
-        imgsz=fields.get("imgsz"),
-        max_contours=fields.get("max_contours"),
-        mask_post_processing=fields.get("mask_post_processing"),
-        fallback_min_score=fields.get("fallback_min_score"),
-    )
+    """Per-request parameters: the spec's fields by name (:mod:`pipeline.params`), validated by the spec, so a bad
+    value gets the same 400 ``invalid_parameters`` message as through Kafka; an empty form field means unset."""
+    return params_from_values({name: fields.get(name) for name in PARAM_NAMES if fields.get(name) != ""})
 
 
 async def _read_body(request: Request, max_part_bytes: int) -> tuple[bytes | str, dict[str, Any]]:
@@ -600,6 +620,8 @@ async def _read_body(request: Request, max_part_bytes: int) -> tuple[bytes | str
     else:
         try:
             body = await request.json()
+        except RecursionError:
+            raise GatewayError("malformed_request", "the JSON body is nested too deeply") from None
         except ValueError:
             raise GatewayError(
                 "malformed_request", "the body must be JSON, or multipart/form-data with an 'image' file"
@@ -646,6 +668,8 @@ def create_app(settings: GatewaySettings | None = None, kafka: KafkaSettings | N
         """Segment one image: JSON (base64 ``image``) or multipart (``image`` file), as the original API."""
         gateway: Gateway = request.app.state.gateway
         image, fields = await _read_body(request, max_part_bytes=kafka.message_max_bytes * 2)
+        # Refused before anything is published.
+        segmentation_format = checked_segmentation_format(fields.get("segmentation_format") or "points")
         labels = fields.get("point_labels", fields.get("labels"))
         try:
             params = _params(fields)
@@ -662,7 +686,7 @@ def create_app(settings: GatewaySettings | None = None, kafka: KafkaSettings | N
         )
         if result.error is not None:
             raise GatewayError(result.error.code, result.error.message, request_id=result.request_id)
-        return JSONResponse(result_to_api(result))
+        return JSONResponse(result_to_api(result, segmentation_format))
 
     @app.get("/health")
     async def health(request: Request) -> JSONResponse:

@@ -16,7 +16,13 @@ Safety rules, because payloads come from the network:
 * ``.npy`` is loaded with ``allow_pickle=False`` after the header has been checked;
 * ``MemoryError`` is not converted: within the limits it means the worker, not the request, is short of memory.
 
-Alpha is dropped, not composited (a transparent pixel keeps its stored colour); see :func:`decode_image`.
+Arrays (``.npy`` or in-process) are taken as users hold them: uint8 as is; uint16 scaled to 0..255 (``v / 257``,
+rounded, so ``uint8 * 257`` comes back exactly); float16/32/64 in [0, 1] scaled by 255 and rounded; other integer
+types when their values lie in 0..255. Anything else (floats outside [0, 1], NaN, integers beyond 255) is refused
+with a message naming the range found. Shapes: (H, W), (H, W, 1), (H, W, 3) RGB, (H, W, 4) RGBA.
+
+Alpha is dropped, not composited (a transparent pixel keeps its stored colour), for arrays and for RGBA/LA/PA
+images alike: segmentation looks at the colours, and no background colour would be right for every picture.
 """
 
 from __future__ import annotations
@@ -97,7 +103,7 @@ def decode_image(
     Accepted: encoded image bytes (PNG, JPEG, WebP, BMP, TIFF, GIF; detected from the content, EXIF orientation
     applied, first frame of animations), ``.npy`` bytes of a uint8 array, base64 text as ``str`` or ASCII bytes
     (standard or urlsafe alphabet, optional ``data:...;base64,`` prefix, whitespace and missing padding tolerated),
-    and uint8 arrays of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4).
+    and arrays (uint8, uint16, [0, 1] floats: see the module doc) of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4).
 
     Grey is replicated to three channels; alpha is dropped (not composited over a background); palette, CMYK and
     other modes are converted by Pillow; 16-bit grey keeps its high byte. An array input already in the output form
@@ -207,7 +213,7 @@ def _decode_bytes(data: bytes, limits: ImageLimits, *, from_base64: bool) -> np.
     if data.startswith(_NPY_MAGIC):
         _check_payload_size(len(data), limits)
         return _decode_npy(data, limits)
-    image = _open_image(data)
+    image = _open_image(data, limits)
     if image is None:
         if not from_base64 and _looks_like_base64(data):
             return _decode_bytes(_b64decode(data, limits), limits, from_base64=True)
@@ -248,15 +254,29 @@ def _genuine_pillow_open() -> Callable[..., Image.Image]:
     return opener
 
 
-def _open_image(data: bytes) -> Image.Image | None:
+def _claimed_size_message(pillow_message: str, limits: ImageLimits) -> str:
+    """The configured limit and the size the header claims, from Pillow's "Image size (N pixels) exceeds..."."""
+    found = re.search(r"\((\d+) pixels\)", pillow_message)
+    if found is None:
+        return f"image header claims more pixels than Pillow decodes, limit {limits.max_pixels:,} (MAX_IMAGE_PIXELS)"
+    claimed = int(found.group(1))
+    if claimed <= limits.max_pixels:  # only when the caller turned Pillow's warning into an error
+        return (
+            f"image header claims {claimed:,} pixels: within MAX_IMAGE_PIXELS but refused by Pillow's "
+            "decompression-bomb guard"
+        )
+    return f"image header claims {claimed:,} pixels, limit {limits.max_pixels:,} (MAX_IMAGE_PIXELS)"
+
+
+def _open_image(data: bytes, limits: ImageLimits) -> Image.Image | None:
     """Identify an image lazily (header only); ``None`` when no allowed format recognises the bytes."""
     try:
         return _genuine_pillow_open()(io.BytesIO(data), formats=_PIL_FORMATS)
     except UnidentifiedImageError:
         return None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        # Pillow's own guard (2x MAX_IMAGE_PIXELS; the warning only when warnings are errors) fired on the header.
-        raise ImageTooLargeError(f"image refused as a decompression bomb: {exc}") from None
+        # Pillow's own guard (2x its MAX_IMAGE_PIXELS) fired on the header, before our limits could: report ours.
+        raise ImageTooLargeError(_claimed_size_message(str(exc), limits)) from None
     except MemoryError:
         raise
     except Exception as exc:  # noqa: BLE001 - Pillow's plugins raise OSError, ValueError, SyntaxError... on junk
@@ -344,7 +364,7 @@ def _decode_npy(data: bytes, limits: ImageLimits) -> np.ndarray:
     if dtype.hasobject:
         raise InvalidImageError(".npy holds Python objects (pickle): refused, send a uint8 array")
     _check_array_form(tuple(shape), dtype, limits, source=".npy")
-    expected = math.prod(shape)
+    expected = math.prod(shape) * dtype.itemsize
     available = len(data) - stream.tell()
     if available < expected:
         raise InvalidImageError(f"truncated .npy: {available:,} bytes of pixels, header promises {expected:,}")
@@ -354,7 +374,7 @@ def _decode_npy(data: bytes, limits: ImageLimits) -> np.ndarray:
         raise
     except Exception as exc:  # noqa: BLE001 - belt and braces: the header was already checked
         raise InvalidImageError(f"cannot load .npy: {exc}") from None
-    return _to_rgb(array)
+    return _to_rgb(_array_to_uint8(array, ".npy"))
 
 
 # --- arrays ------------------------------------------------------------------------------------------------------
@@ -363,15 +383,19 @@ def _decode_npy(data: bytes, limits: ImageLimits) -> np.ndarray:
 def _decode_array(payload: np.ndarray, limits: ImageLimits) -> np.ndarray:
     array = np.asarray(payload)
     if array.dtype.hasobject:
-        raise InvalidImageError("array of Python objects not supported: uint8 only")
+        raise InvalidImageError("array of Python objects not supported: send uint8, uint16 or float pixels")
     _check_array_form(array.shape, array.dtype, limits, source="array")
-    return _to_rgb(array)
+    return _to_rgb(_array_to_uint8(array, "array"))
 
 
 def _check_array_form(shape: tuple[int, ...], dtype: np.dtype, limits: ImageLimits, *, source: str) -> None:
-    """The array forms an image may take: uint8, (H, W) or (H, W, 1|3|4), no empty side, within the limits."""
-    if dtype != np.uint8:
-        raise InvalidImageError(f"{source} dtype {dtype} not supported: uint8 only (scale to 0..255 first)")
+    """The array forms an image may take: a numeric dtype (see :func:`_array_to_uint8`), (H, W) or (H, W, 1|3|4),
+    no empty side, within the limits."""
+    if dtype.kind not in "uif":
+        raise InvalidImageError(
+            f"{source} dtype {dtype} not supported: expected uint8, uint16, float16/32/64 in [0, 1] "
+            "or another integer type holding 0..255"
+        )
     if len(shape) not in (2, 3) or (len(shape) == 3 and shape[2] not in (1, 3, 4)):
         raise InvalidImageError(
             f"{source} shape {shape} not supported: expected (H, W), (H, W, 1), (H, W, 3) or (H, W, 4)"
@@ -379,6 +403,31 @@ def _check_array_form(shape: tuple[int, ...], dtype: np.dtype, limits: ImageLimi
     if 0 in shape:
         raise InvalidImageError(f"{source} shape {shape} has an empty dimension")
     _check_dimensions(int(shape[1]), int(shape[0]), limits)
+
+
+def _array_to_uint8(array: np.ndarray, source: str) -> np.ndarray:
+    """Pixel values as uint8: uint16 and [0, 1] floats scaled, 0..255 integers kept; other ranges refused."""
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == np.uint16:
+        return np.rint(array / 257.0).astype(np.uint8)
+    kind = "float" if array.dtype.kind == "f" else "integer"
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise InvalidImageError(f"{source} of {array.dtype} holds NaN or infinite values: expected [0, 1]")
+    low, high = array.min(), array.max()
+    if kind == "float":
+        if low < 0.0 or high > 1.0:
+            raise InvalidImageError(
+                f"{source} of {array.dtype} has values in [{float(low):g}, {float(high):g}]: a float image must be in "
+                "[0, 1] (divide 0..255 data by 255, or send uint8)"
+            )
+        return np.rint(array.astype(np.float64) * 255.0).astype(np.uint8)
+    if low < 0 or high > 255:
+        raise InvalidImageError(
+            f"{source} of {array.dtype} has values in [{int(low)}, {int(high)}]: an integer image must hold 0..255 "
+            "(or be uint16, scaled to 0..255)"
+        )
+    return array.astype(np.uint8)
 
 
 def _to_rgb(array: np.ndarray) -> np.ndarray:

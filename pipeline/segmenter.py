@@ -7,10 +7,14 @@ The fallback rule (also in the README):
 2. ``model=sam2``: SAM2 only; ``fallback_reason`` stays empty, since nothing fell back.
 3. ``model=auto`` (default): FastSAM first. SAM2 answers instead when FastSAM
    - raises or cannot be loaded (out of memory included) -> ``fastsam_error``,
-   - finds no mask (after cleanup) -> ``no_masks``,
+   - finds no mask (after cleanup) -> ``no_masks``; with prompts: leaves any prompt unanswered by the rule of
+     :mod:`pipeline.prompts` (a box no mask touches...) -> ``no_masks``, the detail naming the boxes,
    - finds masks but its best predicted_iou is below ``fallback_min_score`` -> ``low_score``.
    If SAM2 then fails too, the request fails with ``model_failed`` naming both errors; if SAM2 finds nothing,
    its empty answer stands.
+
+With prompts every model gives exactly one mask per prompt (one per box in box order, one for a set of points),
+each with its ``prompt_index``; a prompt without an answer gets an empty mask, so indices never shift.
 
 The engine knows nothing of Kafka or Redis: the worker calls :meth:`Segmenter.segment_batch`.
 """
@@ -36,8 +40,9 @@ from pipeline.errors import (
     ModelUnavailableError,
     SegmentationError,
 )
-from pipeline.masks import build_mask_record
+from pipeline.masks import build_mask_record, encode_rle
 from pipeline.models import FastSAMModel, RawMask, SAM2Model, SAM2Options, resolve_device
+from pipeline.prompts import prompt_count, select_for_prompts
 from pipeline.sam2_cache import EmbeddingCache
 from pipeline.settings import ModelSettings
 from pipeline.timing import ms_since
@@ -58,39 +63,20 @@ MAX_PROMPT_BOXES = 64
 
 
 def resolve_params(params: SegmentParams, settings: ModelSettings) -> SegmentParams:
-    """Fill every ``None`` from the settings and check ranges, so equal requests resolve to equal parameters."""
-    try:
-        model = ModelChoice(params.model)
-    except ValueError:
-        raise InvalidParametersError(f"unknown model {params.model!r}: expected auto, fastsam or sam2") from None
-    try:
-        resolved = _fill_defaults(params, model, settings)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise InvalidParametersError(f"parameters must be numbers: {exc}") from None
-    for name in ("conf", "iou", "fallback_min_score"):
-        value = getattr(resolved, name)
-        if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-            raise InvalidParametersError(f"{name} must be a number in [0, 1], got {value!r}")
-    if not 32 <= resolved.imgsz <= 4096:
-        raise InvalidParametersError(f"imgsz must be in [32, 4096], got {resolved.imgsz}")
-    if not 1 <= resolved.max_contours <= 1000:
-        raise InvalidParametersError(f"max_contours must be in [1, 1000], got {resolved.max_contours}")
-    return resolved
-
-
-def _fill_defaults(params: SegmentParams, model: ModelChoice, settings: ModelSettings) -> SegmentParams:
-    def pick(value: object, default: object, kind: type) -> object:
-        return default if value is None else kind(value)
-
-    return SegmentParams(
-        model=model,
-        conf=pick(params.conf, settings.default_conf, float),
-        iou=pick(params.iou, settings.default_iou, float),
-        imgsz=pick(params.imgsz, settings.fastsam_imgsz, int),
-        max_contours=pick(params.max_contours, settings.max_contours, int),
-        mask_post_processing=pick(params.mask_post_processing, settings.mask_post_processing, bool),
-        fallback_min_score=pick(params.fallback_min_score, settings.fallback_min_score, float),
-    )  # type: ignore[arg-type]
+    """Fill every ``None`` from the settings and validate by the spec (:mod:`pipeline.params`), so equal requests
+    resolve to equal parameters and a bad configured default is refused like a bad request value."""
+    if not isinstance(params, SegmentParams):
+        raise InvalidParametersError(f"params must be a SegmentParams, got {type(params).__name__}")
+    defaults = {
+        "conf": settings.default_conf,
+        "iou": settings.default_iou,
+        "imgsz": settings.fastsam_imgsz,
+        "max_contours": settings.max_contours,
+        "mask_post_processing": settings.mask_post_processing,
+        "fallback_min_score": settings.fallback_min_score,
+    }
+    values = params.model_dump()
+    return SegmentParams(**{name: defaults[name] if value is None else value for name, value in values.items()})
 
 
 def _is_finite_number(value: object) -> bool:
@@ -271,9 +257,11 @@ class Segmenter:
         for (conf, iou, imgsz, _shape), group in groups.items():
             started = time.perf_counter()
             try:
+                # Everything mode for all, prompted or not: prompts select among FastSAM's masks by the rule of
+                # pipeline.prompts, and the batch stays one batch.
                 raw = self.fastsam.predict(
                     [j.image for j in group],
-                    [j.prompts for j in group],
+                    [Prompts() for _ in group],
                     conf=conf,
                     iou=iou,
                     imgsz=imgsz,
@@ -299,6 +287,9 @@ class Segmenter:
             job.fallback_detail, job.fallback = detail, FallbackReason.FASTSAM_ERROR
 
     def _fastsam_answered(self, job: _Job, masks: list[RawMask]) -> None:
+        if prompt_count(job.prompts):
+            self._fastsam_prompted(job, select_for_prompts(masks, job.prompts))
+            return
         records = self._records(job, masks)
         if job.params.model == ModelChoice.FASTSAM:
             job.records, job.answered_by = records, ModelName.FASTSAM
@@ -313,6 +304,57 @@ class Segmenter:
             )
         else:
             job.records, job.answered_by = records, ModelName.FASTSAM
+
+    def _fastsam_prompted(self, job: _Job, chosen: list[RawMask | None]) -> None:
+        """One record per prompt; a prompt FastSAM cannot answer sends the request to SAM2 (auto) or stays empty."""
+        records = self._prompt_records(job, chosen)
+        missing = [index for index, record in enumerate(records) if record.area == 0]
+        answered = [record for record in records if record.area > 0]
+        if job.params.model == ModelChoice.FASTSAM:
+            job.records, job.answered_by = records, ModelName.FASTSAM
+        elif missing:
+            job.fallback = FallbackReason.NO_MASKS
+            if job.prompts.boxes:
+                which = ", ".join(str(index) for index in missing)
+                job.fallback_detail = (
+                    f"FastSAM has no mask overlapping box {which} of {len(records)} at conf {job.params.conf} "
+                    "(a box's mask must have pixels inside it); SAM2 answered every box"
+                )
+            else:
+                job.fallback_detail = (
+                    f"no FastSAM mask at conf {job.params.conf} contains every foreground point and no background point"
+                )
+        elif max(r.predicted_iou for r in answered) < job.params.fallback_min_score:
+            job.fallback = FallbackReason.LOW_SCORE
+            job.fallback_detail = (
+                f"best FastSAM predicted_iou {max(r.predicted_iou for r in answered):.4f} "
+                f"< fallback_min_score {job.params.fallback_min_score}"
+            )
+        else:
+            job.records, job.answered_by = records, ModelName.FASTSAM
+
+    def _prompt_records(self, job: _Job, chosen: Sequence[RawMask | None]) -> tuple[MaskRecord, ...]:
+        """Exactly one record per prompt, in prompt order, each carrying its ``prompt_index``; a prompt without an
+        answer (or whose mask is empty at the original size) gets an empty mask (area 0), so indices never shift."""
+        started = time.perf_counter()
+        upscale = _mask_resizer(job.width, job.height, job.image.shape[1], job.image.shape[0])
+        records = []
+        for index, raw in enumerate(chosen):
+            record = None
+            if raw is not None:
+                record = build_mask_record(
+                    upscale(raw.mask),
+                    predicted_iou=raw.predicted_iou,
+                    stability_score=raw.stability_score,
+                    max_contours=job.params.max_contours,
+                    post_process=job.params.mask_post_processing,
+                    min_region_area=self.settings.min_region_area,
+                )
+            if record is None:
+                record = _empty_record(job.width, job.height, raw)
+            records.append(replace(record, prompt_index=index))
+        job.timings["postprocess"] = job.timings.get("postprocess", 0.0) + ms_since(started)
+        return tuple(records)
 
     def _run_sam2(self, jobs: list[_Job]) -> None:
         if not jobs:
@@ -331,7 +373,11 @@ class Segmenter:
         share = ms_since(started) / len(jobs)
         for job, masks in zip(jobs, raw, strict=True):
             job.timings["sam2"] = share
-            job.records, job.answered_by = self._records(job, masks), ModelName.SAM2
+            if prompt_count(job.prompts):  # SAM2 answers prompt i with its i-th mask (one per box, one for points)
+                records = self._prompt_records(job, _aligned(masks, prompt_count(job.prompts)))
+            else:
+                records = self._records(job, masks)
+            job.records, job.answered_by = records, ModelName.SAM2
 
     def _records(self, job: _Job, masks: list[RawMask]) -> tuple[MaskRecord, ...]:
         """Map masks back to the original size, clean, encode; best predicted_iou first."""
@@ -368,6 +414,23 @@ class Segmenter:
             inference_height=int(job.image.shape[0]),
             timings_ms=job.timings,
         )
+
+
+def _aligned(masks: list[RawMask], count: int) -> list[RawMask | None]:
+    """A model's per-prompt masks padded (or cut) to one per prompt."""
+    return [*masks[:count], *([None] * (count - len(masks)))]
+
+
+def _empty_record(width: int, height: int, raw: RawMask | None) -> MaskRecord:
+    """The answer "nothing" to one prompt: an all-zero mask at the original size."""
+    return MaskRecord(
+        rle=encode_rle(np.zeros((height, width), dtype=bool)),
+        polygons=(),
+        bbox=(0.0, 0.0, 0.0, 0.0),
+        area=0,
+        predicted_iou=0.0 if raw is None else float(raw.predicted_iou),
+        stability_score=0.0 if raw is None else float(raw.stability_score),
+    )
 
 
 def _mask_resizer(width: int, height: int, inf_width: int, inf_height: int) -> Callable[[np.ndarray], np.ndarray]:

@@ -9,13 +9,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from pipeline.params import ModelChoice, SegmentParams
 
-class ModelChoice(StrEnum):
-    """Which model a request allows: ``auto`` is FastSAM first with SAM2 as fallback."""
-
-    AUTO = "auto"
-    FASTSAM = "fastsam"
-    SAM2 = "sam2"
+__all__ = [
+    "RLE",
+    "FallbackReason",
+    "MaskRecord",
+    "ModelChoice",
+    "ModelName",
+    "Prompts",
+    "SegmentParams",
+    "SegmentationResult",
+]
 
 
 class ModelName(StrEnum):
@@ -51,22 +56,6 @@ class Prompts:
 
 
 @dataclass(frozen=True, slots=True)
-class SegmentParams:
-    """Per-request parameters that shape the result (and therefore take part in the dedup key).
-
-    ``None`` means "use the worker's configured default"; :meth:`resolve` fills them in.
-    """
-
-    model: ModelChoice = ModelChoice.AUTO
-    conf: float | None = None
-    iou: float | None = None
-    imgsz: int | None = None
-    max_contours: int | None = None
-    mask_post_processing: bool | None = None
-    fallback_min_score: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class RLE:
     """COCO run-length encoding (column-major, as pycocotools writes it); ``size`` is [height, width]."""
 
@@ -81,7 +70,8 @@ class MaskRecord:
     rle: lossless mask; polygons: outer contours, largest first, at most MAX_CONTOURS, each flat
     [x1, y1, x2, y2, ...]; bbox: XYWH of the mask; area: mask pixels; predicted_iou: the model's own
     quality estimate (SAM2's IoU head, FastSAM's detection confidence); stability_score: IoU of the mask
-    logits thresholded at +offset and -offset around the mask threshold (SAM's definition).
+    logits thresholded at +offset and -offset around the mask threshold (SAM's definition); prompt_index: the
+    prompt the mask answers (the box's index, 0 for a set of points without boxes, None in everything mode).
     """
 
     rle: RLE
@@ -90,6 +80,7 @@ class MaskRecord:
     area: int
     predicted_iou: float
     stability_score: float
+    prompt_index: int | None = None  # the box it answers (0 for a point set); None in everything mode
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,14 +28,15 @@ from pydantic import ValidationError
 from tqdm import tqdm
 
 from pipeline.errors import SegmentationError
+from pipeline.params import PARAM_NAMES, cli_flag, param_doc, param_kind, param_rule, params_from_text
 from pipeline.types import SegmentParams
-from schemas import parse_model, prompts_from_lists
+from schemas import prompts_from_lists
 from segpipe.config import KafkaSettings
 from segpipe.preflight import ServiceUnavailable, check_kafka
 
 from .publisher import PublishError, SegmentationProducer, image_files
 
-__all__ = ["ENV_PREFIX", "build_parser", "main"]
+__all__ = ["ENV_PREFIX", "build_parser", "main", "params_from_args"]
 
 ENV_PREFIX = "SEGPIPE_PUBLISH_"
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -103,13 +104,6 @@ def _json_list(text: str) -> list[Any]:
     return value
 
 
-def _model(text: str) -> str:
-    try:
-        return parse_model(text).value
-    except SegmentationError as exc:
-        raise argparse.ArgumentTypeError(exc.message) from None
-
-
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -136,13 +130,12 @@ def build_parser(environ: Mapping[str, str] | None = None) -> tuple[argparse.Arg
     env.add("--points", type=_json_list, metavar="JSON", help="point prompts, e.g. '[[x, y], ...]'")
     env.add("--labels", type=_json_list, metavar="JSON", help="one label per point: 1 foreground, 0 background")
     env.add("--boxes", type=_json_list, metavar="JSON", help="box prompts, e.g. '[[x1, y1, x2, y2], ...]'")
-    env.add("--model", type=_model, default="auto", metavar="{auto,fastsam,sam2}", help="model choice (auto)")
-    env.add("--conf", type=float, help="confidence threshold (worker default when unset)")
-    env.add("--iou", type=float, help="NMS IoU threshold (worker default when unset)")
-    env.add("--imgsz", type=int, help="inference size (worker default when unset)")
-    env.add("--max-contours", type=int, help="most polygons per mask (worker default when unset)")
-    env.add("--mask-post-processing", action=argparse.BooleanOptionalAction, help="clean masks (worker default)")
-    env.add("--fallback-min-score", type=float, help="FastSAM best score under which SAM2 answers (auto model)")
+    for name in PARAM_NAMES:  # the parameter flags come from the spec: name, help and rule
+        help_text = f"{param_doc(name)} Must be {param_rule(name)}; the worker's default when unset."
+        if param_kind(name) == "bool":
+            env.add(cli_flag(name), dest=name, action=argparse.BooleanOptionalAction, help=help_text)
+        else:
+            env.add(cli_flag(name), dest=name, metavar=param_kind(name).upper(), help=help_text)
     env.add("--repeat", type=_positive_int, default=1, metavar="N", help="publish each image N times (dedup demo)")
     env.add("--bare", action="store_true", help="bare records: image as value, parameters as segpipe-* headers")
     env.add("--reply-to", metavar="TOPIC", help="ask the worker to also send each result to TOPIC")
@@ -151,6 +144,15 @@ def build_parser(environ: Mapping[str, str] | None = None) -> tuple[argparse.Arg
     env.add("--flush-timeout", type=float, default=60.0, metavar="S", help="seconds to wait for delivery (60)")
     env.add("--progress", action=argparse.BooleanOptionalAction, help="progress bar on stderr (default: if a tty)")
     return parser, env
+
+
+def params_from_args(args: argparse.Namespace) -> SegmentParams:
+    """The parameters of parsed arguments, read and validated by the spec (the same messages as every other door)."""
+    texts = {}
+    for name in PARAM_NAMES:
+        value = getattr(args, name)
+        texts[name] = ("true" if value else "false") if isinstance(value, bool) else value
+    return params_from_text(texts)
 
 
 def _jobs(args: argparse.Namespace) -> list[tuple[Path | bytes | str, str]]:
@@ -205,15 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if env.errors:
             raise _UsageError("; ".join(env.errors))
         prompts = prompts_from_lists(args.points, args.labels, args.boxes, names=("--points", "--labels", "--boxes"))
-        params = SegmentParams(
-            model=parse_model(args.model),
-            conf=args.conf,
-            iou=args.iou,
-            imgsz=args.imgsz,
-            max_contours=args.max_contours,
-            mask_post_processing=args.mask_post_processing,
-            fallback_min_score=args.fallback_min_score,
-        )
+        params = params_from_args(args)
         jobs = _jobs(args)
         settings = _settings(args)
     except _UsageError as exc:

@@ -18,7 +18,6 @@ import hashlib
 import io
 import json
 import logging
-import numbers
 import os
 import re
 import threading
@@ -35,23 +34,18 @@ import numpy as np
 from confluent_kafka import KafkaError, Message, Producer
 from tqdm import tqdm
 
-from pipeline.errors import InvalidParametersError
+from pipeline.errors import InvalidImageError, InvalidParametersError
+from pipeline.image_io import ImageLimits, decode_image
 from pipeline.types import Prompts, SegmentParams
-from schemas import SegmentRequest, now_ms, parse_model, prompts_from_lists, request_headers
+from schemas import SegmentRequest, now_ms, prompts_from_lists, request_headers
 from schemas.headers import (
     BOXES_HEADER,
-    CONF_HEADER,
-    FALLBACK_MIN_SCORE_HEADER,
-    IMGSZ_HEADER,
-    IOU_HEADER,
-    MASK_POST_PROCESSING_HEADER,
-    MAX_CONTOURS_HEADER,
-    MODEL_HEADER,
     POINT_LABELS_HEADER,
     POINTS_HEADER,
     REPLY_TO_HEADER,
     REQUEST_ID_HEADER,
     SOURCE_HEADER,
+    param_headers,
 )
 from schemas.registry import WireCodec
 from segpipe.config import KafkaSettings
@@ -470,11 +464,12 @@ def _base64_text(text: str) -> bytes:
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
-    """``.npy`` bytes of an image array; refuse what the worker's decoder would refuse anyway."""
-    if array.dtype != np.uint8:
-        raise ValueError(f"an image array must be uint8, got {array.dtype}")
-    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)) or 0 in array.shape:
-        raise ValueError(f"an image array must be (H, W) or (H, W, 1|3|4), got shape {array.shape}")
+    """``.npy`` bytes of an image array as the user holds it (uint8, uint16, [0, 1] floats...); what the worker's
+    decoder would refuse is refused here first, with its message (raised as ``ValueError``)."""
+    try:
+        decode_image(array, limits=ImageLimits(max_pixels=2**62, max_side=2**62, max_payload_bytes=2**62))
+    except InvalidImageError as exc:
+        raise ValueError(f"unusable image array: {exc.message}") from None
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
     return buffer.getvalue()
@@ -486,45 +481,10 @@ def _listify(value: Any) -> Any:
 
 
 def _checked_params(params: SegmentParams) -> SegmentParams:
-    """Parameters with plain Python types, or :class:`InvalidParametersError` naming the wrong one.
-
-    Avro would refuse a wrong type with a less helpful message, and the bare path would send it on to fail in
-    the worker; numpy scalars are accepted and converted.
-    """
+    """Parameters as the spec validated them (construction already did), or a typed error for a foreign object."""
     if not isinstance(params, SegmentParams):
         raise InvalidParametersError(f"params must be a SegmentParams, got {type(params).__name__}")
-
-    def real(name: str, value: object) -> float | None:
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise InvalidParametersError(f"{name} must be a number, got {value!r:.80}")
-        return float(value)
-
-    def integer(name: str, value: object) -> int | None:
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            raise InvalidParametersError(f"{name} must be an integer, got {value!r:.80}")
-        return int(value)
-
-    flag = params.mask_post_processing
-    if flag is not None and not isinstance(flag, bool | np.bool_):
-        raise InvalidParametersError(f"mask_post_processing must be true or false, got {flag!r:.80}")
-    return SegmentParams(
-        model=parse_model(str(params.model)),
-        conf=real("conf", params.conf),
-        iou=real("iou", params.iou),
-        imgsz=integer("imgsz", params.imgsz),
-        max_contours=integer("max_contours", params.max_contours),
-        mask_post_processing=None if flag is None else bool(flag),
-        fallback_min_score=real("fallback_min_score", params.fallback_min_score),
-    )
-
-
-def _number_text(value: float) -> str:
-    """A float as header text that :func:`float` reads back exactly (``repr`` round-trips, nan and inf included)."""
-    return repr(value)
+    return params
 
 
 def _bare_headers(
@@ -533,23 +493,12 @@ def _bare_headers(
     """The ``segpipe-*`` headers of a bare request; unset parameters are left out so the worker's defaults apply."""
     text: list[tuple[str, str | None]] = [
         (REQUEST_ID_HEADER, request_id),
-        (MODEL_HEADER, str(params.model)),
-        (CONF_HEADER, None if params.conf is None else _number_text(params.conf)),
-        (IOU_HEADER, None if params.iou is None else _number_text(params.iou)),
-        (IMGSZ_HEADER, None if params.imgsz is None else str(params.imgsz)),
-        (MAX_CONTOURS_HEADER, None if params.max_contours is None else str(params.max_contours)),
-        (
-            MASK_POST_PROCESSING_HEADER,
-            None if params.mask_post_processing is None else str(params.mask_post_processing).lower(),
-        ),
-        (
-            FALLBACK_MIN_SCORE_HEADER,
-            None if params.fallback_min_score is None else _number_text(params.fallback_min_score),
-        ),
         (POINTS_HEADER, json.dumps([list(p) for p in prompts.points]) if prompts.points else None),
         (POINT_LABELS_HEADER, json.dumps(list(prompts.point_labels)) if prompts.point_labels else None),
         (BOXES_HEADER, json.dumps([list(b) for b in prompts.boxes]) if prompts.boxes else None),
         (SOURCE_HEADER, source),
         (REPLY_TO_HEADER, reply_to),
     ]
+    # Parameter headers are derived from the spec (pipeline.params), not listed here.
+    return [(name, value.encode("utf-8")) for name, value in text if value is not None] + param_headers(params)
     return [(name, value.encode("utf-8")) for name, value in text if value is not None]

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from functools import cache
@@ -35,14 +36,16 @@ import fastavro
 from fastavro.types import Schema
 
 from pipeline.errors import MalformedRequestError, SegmentationError
-from pipeline.types import RLE, FallbackReason, MaskRecord, ModelName, SegmentParams
+from pipeline.params import PARAM_NAMES, params_from_values
+from pipeline.types import RLE, FallbackReason, MaskRecord, ModelName
 
-from .headers import parse_model, prompts_from_lists
+from .headers import prompts_from_lists
 from .messages import (
     DeadLetter,
     ErrorInfo,
     Header,
     RequestEnvelope,
+    RequestOrigin,
     ResultStatus,
     SegmentRequest,
     SegmentResultMessage,
@@ -75,6 +78,17 @@ def _parse(name: str) -> Schema:
 REQUEST_SCHEMA: Schema = _parse("SegmentRequest")
 RESULT_SCHEMA: Schema = _parse("SegmentResult")
 DEAD_LETTER_SCHEMA: Schema = _parse("DeadLetter")
+
+
+def _first_version(name: str, first_appended: str) -> Schema:
+    """A schema as it was before ``first_appended`` and the fields after it were appended (the writer of old data)."""
+    schema = json.loads(schema_text(name))
+    names = [field["name"] for field in schema["fields"]]
+    schema["fields"] = schema["fields"][: names.index(first_appended)]
+    return fastavro.parse_schema(schema, named_schemas={})
+
+
+_RESULT_V1_SCHEMA: Schema = _first_version("SegmentResult", "request_key")
 
 # Only the first field of SegmentRequest: schemaless readers stop where their schema ends, so this reads the
 # request_id of a request whose later fields are corrupt or truncated.
@@ -147,6 +161,23 @@ def _convert(what: str, build: Callable[[dict[str, Any]], _T], record: dict[str,
 # --- SegmentRequest ------------------------------------------------------------------------------------------------
 
 
+def _params_record_fields() -> frozenset[str]:
+    """The fields of the nested ``Params`` record: the parameters of the first version. A parameter added later is
+    appended to ``SegmentRequest`` itself as an optional field, as the evolution rule requires (nothing is ever added
+    inside a nested record); the mapping below puts each spec parameter where the schema has it."""
+    request = json.loads(schema_text("SegmentRequest"))
+    (params,) = [field for field in request["fields"] if field["name"] == "params"]
+    return frozenset(field["name"] for field in params["type"]["fields"])
+
+
+_PARAMS_RECORD_FIELDS = _params_record_fields()
+
+
+def _param_value(value: object) -> object:
+    """A parameter as Avro carries it: enums as their string."""
+    return value.value if isinstance(value, StrEnum) else value
+
+
 def _request_record(req: SegmentRequest) -> dict[str, Any]:
     p = req.params
     return {
@@ -157,18 +188,12 @@ def _request_record(req: SegmentRequest) -> dict[str, Any]:
         "boxes": [
             {"x1": float(x1), "y1": float(y1), "x2": float(x2), "y2": float(y2)} for x1, y1, x2, y2 in req.prompts.boxes
         ],
-        "params": {
-            "model": parse_model(str(p.model)).value,
-            "conf": p.conf,
-            "iou": p.iou,
-            "imgsz": p.imgsz,
-            "max_contours": p.max_contours,
-            "mask_post_processing": p.mask_post_processing,
-            "fallback_min_score": p.fallback_min_score,
-        },
+        "params": {name: _param_value(getattr(p, name)) for name in PARAM_NAMES if name in _PARAMS_RECORD_FIELDS},
         "source": req.source,
         "reply_to": req.reply_to,
         "submitted_at_ms": req.submitted_at_ms,
+        # Parameters added after the first version: top-level optional fields (never inside Params: the rule).
+        **{name: _param_value(getattr(p, name)) for name in PARAM_NAMES if name not in _PARAMS_RECORD_FIELDS},
     }
 
 
@@ -176,15 +201,8 @@ def _request_from_record(rec: dict[str, Any]) -> SegmentRequest:
     request_id = rec["request_id"]
     if not request_id:
         raise MalformedRequestError("request_id is empty")
-    p = rec["params"]
-    params = SegmentParams(
-        model=parse_model(p["model"]),
-        conf=p["conf"],
-        iou=p["iou"],
-        imgsz=p["imgsz"],
-        max_contours=p["max_contours"],
-        mask_post_processing=p["mask_post_processing"],
-        fallback_min_score=p["fallback_min_score"],
+    params = params_from_values(
+        {name: (rec["params"] if name in _PARAMS_RECORD_FIELDS else rec).get(name) for name in PARAM_NAMES}
     )
     prompts = prompts_from_lists(
         [(pt["x"], pt["y"]) for pt in rec["points"]],
@@ -270,7 +288,44 @@ def _result_record(msg: SegmentResultMessage) -> dict[str, Any]:
         "worker_id": msg.worker_id,
         "source": msg.source,
         "created_at_ms": msg.created_at_ms,
+        **_origin_record(msg.origin),
+        "mask_prompt_indices": _prompt_indices(msg.masks),
     }
+
+
+def _origin_record(origin: RequestOrigin | None) -> dict[str, Any]:
+    """The request record's key and position as the result's four optional fields."""
+    if origin is None:
+        return {"request_key": None, "request_topic": None, "request_partition": None, "request_offset": None}
+    return {
+        "request_key": origin.key,
+        "request_topic": origin.topic,
+        "request_partition": origin.partition,
+        "request_offset": origin.offset,
+    }
+
+
+def _origin_from_record(rec: dict[str, Any]) -> RequestOrigin | None:
+    if rec.get("request_topic") is None:
+        return None
+    return RequestOrigin(rec.get("request_key"), rec["request_topic"], rec["request_partition"], rec["request_offset"])
+
+
+def _prompt_indices(masks: Sequence[MaskRecord]) -> list[int | None] | None:
+    """The parallel array of prompt indices; null when no mask answers a prompt (everything mode, no masks)."""
+    indices = getattr(masks, "prompt_indices", None)  # a cache hit's masks carry theirs without being decoded
+    if indices is not None:
+        return list(indices) if any(i is not None for i in indices) else None
+    found = [None if mask.prompt_index is None else int(mask.prompt_index) for mask in masks]
+    return found if any(i is not None for i in found) else None
+
+
+def _with_prompt_indices(masks: tuple[MaskRecord, ...], indices: list[int | None] | None) -> tuple[MaskRecord, ...]:
+    if indices is None:
+        return masks
+    if len(indices) != len(masks):
+        raise MalformedRequestError(f"mask_prompt_indices has {len(indices)} entries for {len(masks)} masks")
+    return tuple(replace(mask, prompt_index=index) for mask, index in zip(masks, indices, strict=True))
 
 
 def _mask_from_record(rec: dict[str, Any]) -> MaskRecord:
@@ -306,12 +361,15 @@ def _result_from_record(rec: dict[str, Any]) -> SegmentResultMessage:
         else _enum(FallbackReason, rec["fallback_reason"], "fallback_reason"),
         fallback_detail=rec["fallback_detail"],
         cached=rec["cached"],
-        masks=tuple(_mask_from_record(mask) for mask in rec["masks"]),
+        masks=_with_prompt_indices(
+            tuple(_mask_from_record(mask) for mask in rec["masks"]), rec.get("mask_prompt_indices")
+        ),
         timings_ms=dict(rec["timings_ms"]),
         error=None if error is None else ErrorInfo(code=error["code"], message=error["message"]),
         worker_id=rec["worker_id"],
         source=rec["source"],
         created_at_ms=_ms(rec["created_at_ms"]),
+        origin=_origin_from_record(rec),
     )
 
 
@@ -328,7 +386,17 @@ def decode_result(data: bytes, reader_schema: Schema | None = None) -> SegmentRe
     :class:`MalformedRequestError` when the bytes cannot be read (the only error code there is for an
     unreadable message).
     """
-    record = _read(data, RESULT_SCHEMA, "SegmentResult", reader_schema)
+    try:
+        record = _read(data, RESULT_SCHEMA, "SegmentResult", reader_schema)
+    except MalformedRequestError:
+        # A record of the first version ends before the appended fields: read it as such, they become null.
+        try:
+            record = _read(data, _RESULT_V1_SCHEMA, "SegmentResult", reader_schema or RESULT_SCHEMA)
+        except MalformedRequestError:
+            pass
+        else:
+            return _convert("SegmentResult", _result_from_record, record)
+        raise
     return _convert("SegmentResult", _result_from_record, record)
 
 
@@ -337,7 +405,10 @@ def result_to_dict(msg: SegmentResultMessage) -> dict[str, Any]:
 
     Non-finite floats stay floats: ``json.dumps`` writes them as NaN/Infinity unless told ``allow_nan=False``.
     """
-    return _result_record(msg)
+    record = _result_record(msg)
+    if record["request_key"] is not None:  # JSON has no bytes: UTF-8 text, undecodable bytes as lone surrogates
+        record["request_key"] = record["request_key"].decode("utf-8", "surrogateescape")
+    return record
 
 
 def result_from_dict(record: dict[str, Any]) -> SegmentResultMessage:
@@ -349,6 +420,8 @@ def result_from_dict(record: dict[str, Any]) -> SegmentResultMessage:
     """
     if not isinstance(record, dict):
         raise MalformedRequestError(f"SegmentResult: expected a JSON object, got {type(record).__name__}")
+    if isinstance(record.get("request_key"), str):
+        record = {**record, "request_key": record["request_key"].encode("utf-8", "surrogateescape")}
     return _convert("SegmentResult", _result_from_record, record)
 
 

@@ -7,8 +7,9 @@ and every parameter is an optional header. A record carrying ``segpipe-format: a
     kcat -P -b broker:9092 -t segment-requests -H segpipe-request-id=r1 -H segpipe-model=sam2 \\
          -H 'segpipe-points=[[120,80]]' -H segpipe-reply-to=my-replies cat.jpg
 
-Header values must be UTF-8. Syntax errors are refused here with an error naming the header; ranges (conf in
-[0, 1], points inside the image, finite numbers...) are the core's to check, so both paths share one rule.
+Header values must be UTF-8. Parameters are read and validated by the one spec (:mod:`pipeline.params`), so a bad
+value gets the same message here as through Avro, the CLI or HTTP; prompt values (finite, inside the image...) are
+the core's to check, so both paths share one rule.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import json
 import numbers
 from collections.abc import Sequence
 
-from pipeline.errors import InvalidParametersError, InvalidPromptError, MalformedRequestError
-from pipeline.types import ModelChoice, Prompts, SegmentParams
+from pipeline.errors import InvalidPromptError, MalformedRequestError
+from pipeline.params import HEADER_PREFIX, PARAM_NAMES, ModelChoice, header_name, param_text, params_from_text
+from pipeline.types import Prompts, SegmentParams
 
 from .messages import RequestEnvelope, SegmentRequest
 
@@ -26,13 +28,15 @@ FORMAT_HEADER = "segpipe-format"
 FORMAT_AVRO = b"avro-v1"
 
 REQUEST_ID_HEADER = "segpipe-request-id"
-MODEL_HEADER = "segpipe-model"
-CONF_HEADER = "segpipe-conf"
-IOU_HEADER = "segpipe-iou"
-IMGSZ_HEADER = "segpipe-imgsz"
-MAX_CONTOURS_HEADER = "segpipe-max-contours"
-MASK_POST_PROCESSING_HEADER = "segpipe-mask-post-processing"
-FALLBACK_MIN_SCORE_HEADER = "segpipe-fallback-min-score"
+#: Parameter headers, derived from the spec (:func:`pipeline.params.header_name`): ``segpipe-<name with dashes>``.
+PARAM_HEADERS: dict[str, str] = {name: header_name(name) for name in PARAM_NAMES}
+MODEL_HEADER = PARAM_HEADERS["model"]
+CONF_HEADER = PARAM_HEADERS["conf"]
+IOU_HEADER = PARAM_HEADERS["iou"]
+IMGSZ_HEADER = PARAM_HEADERS["imgsz"]
+MAX_CONTOURS_HEADER = PARAM_HEADERS["max_contours"]
+MASK_POST_PROCESSING_HEADER = PARAM_HEADERS["mask_post_processing"]
+FALLBACK_MIN_SCORE_HEADER = PARAM_HEADERS["fallback_min_score"]
 POINTS_HEADER = "segpipe-points"
 POINT_LABELS_HEADER = "segpipe-point-labels"
 BOXES_HEADER = "segpipe-boxes"
@@ -45,13 +49,7 @@ BARE_HEADERS: frozenset[str] = frozenset(
     {
         FORMAT_HEADER,
         REQUEST_ID_HEADER,
-        MODEL_HEADER,
-        CONF_HEADER,
-        IOU_HEADER,
-        IMGSZ_HEADER,
-        MAX_CONTOURS_HEADER,
-        MASK_POST_PROCESSING_HEADER,
-        FALLBACK_MIN_SCORE_HEADER,
+        *PARAM_HEADERS.values(),
         POINTS_HEADER,
         POINT_LABELS_HEADER,
         BOXES_HEADER,
@@ -60,9 +58,7 @@ BARE_HEADERS: frozenset[str] = frozenset(
     }
 )
 
-_PREFIX = "segpipe-"
-_TRUE = frozenset({"true", "1"})
-_FALSE = frozenset({"false", "0"})
+_PREFIX = HEADER_PREFIX
 
 KafkaHeaders = Sequence[tuple[str, bytes | str | None]] | None
 """Headers as Kafka clients give them: ``(key, value)`` pairs in order, or ``None`` when there are none."""
@@ -73,10 +69,7 @@ def parse_model(value: str) -> ModelChoice:
 
     Case and surrounding spaces are forgiven (``" SAM2 "`` is ``sam2``) because the bare path is typed by people.
     """
-    try:
-        return ModelChoice(value.strip().lower())
-    except ValueError:
-        raise InvalidParametersError(f"unknown model {value!r}: expected auto, fastsam or sam2") from None
+    return SegmentParams(model=value).model
 
 
 def prompts_from_lists(
@@ -177,42 +170,6 @@ def _text(found: dict[str, bytes], key: str) -> str | None:
         raise MalformedRequestError(f"header {key} is not valid UTF-8") from None
 
 
-def _float(found: dict[str, bytes], key: str) -> float | None:
-    """An optional float parameter; the syntax is checked here, the range by the core."""
-    text = _text(found, key)
-    if text is None:
-        return None
-    try:
-        return float(text.strip())
-    except ValueError:
-        raise InvalidParametersError(f"header {key} must be a number, got {text!r:.80}") from None
-
-
-def _int(found: dict[str, bytes], key: str) -> int | None:
-    """An optional integer parameter in plain ASCII decimal; the range is checked by the core."""
-    text = _text(found, key)
-    if text is None:
-        return None
-    stripped = text.strip()
-    digits = stripped[1:] if stripped[:1] in ("+", "-") else stripped
-    if not (digits.isascii() and digits.isdigit()) or len(digits) > 20:
-        raise InvalidParametersError(f"header {key} must be an integer, got {text!r:.80}")
-    return int(stripped)
-
-
-def _bool(found: dict[str, bytes], key: str) -> bool | None:
-    """An optional boolean: true/false/1/0, case-insensitive."""
-    text = _text(found, key)
-    if text is None:
-        return None
-    word = text.strip().lower()
-    if word in _TRUE:
-        return True
-    if word in _FALSE:
-        return False
-    raise InvalidParametersError(f"header {key} must be true, false, 1 or 0, got {text!r:.80}")
-
-
 def _json(found: dict[str, bytes], key: str) -> object:
     """An optional JSON header (prompts); NaN and Infinity literals are accepted and become floats."""
     text = _text(found, key)
@@ -220,7 +177,9 @@ def _json(found: dict[str, bytes], key: str) -> object:
         return None
     try:
         return json.loads(text)
-    except (ValueError, RecursionError) as exc:
+    except RecursionError:
+        raise MalformedRequestError(f"header {key} is nested too deeply to be a prompt list") from None
+    except ValueError as exc:
         raise MalformedRequestError(f"header {key} is not valid JSON: {exc}") from None
 
 
@@ -259,21 +218,7 @@ def parse_bare_request(
     if not request_id:
         raise MalformedRequestError(f"header {REQUEST_ID_HEADER} is empty")
 
-    model_text = _text(found, MODEL_HEADER)
-    try:
-        model = ModelChoice.AUTO if model_text is None else parse_model(model_text)
-    except InvalidParametersError as exc:
-        raise InvalidParametersError(f"header {MODEL_HEADER}: {exc.message}") from None
-
-    params = SegmentParams(
-        model=model,
-        conf=_float(found, CONF_HEADER),
-        iou=_float(found, IOU_HEADER),
-        imgsz=_int(found, IMGSZ_HEADER),
-        max_contours=_int(found, MAX_CONTOURS_HEADER),
-        mask_post_processing=_bool(found, MASK_POST_PROCESSING_HEADER),
-        fallback_min_score=_float(found, FALLBACK_MIN_SCORE_HEADER),
-    )
+    params = params_from_text({name: _text(found, header) for name, header in PARAM_HEADERS.items()})
     prompts = prompts_from_lists(
         _json(found, POINTS_HEADER),
         _json(found, POINT_LABELS_HEADER),
@@ -322,6 +267,13 @@ def is_avro_request(headers: KafkaHeaders) -> bool:
     return False
 
 
+def param_headers(params: SegmentParams) -> list[tuple[str, bytes]]:
+    """The parameter headers of a bare request, derived from the spec; unset parameters are left out so the worker's
+    defaults apply (``model`` is always written)."""
+    texts = ((PARAM_HEADERS[name], param_text(params, name)) for name in PARAM_NAMES)
+    return [(header, text.encode("utf-8")) for header, text in texts if text is not None]
+
+
 def request_headers(req: SegmentRequest) -> list[tuple[str, bytes]]:
     """Headers the producer sets on an Avro request: the format marker, and the id for tools that only read headers."""
     return [(FORMAT_HEADER, FORMAT_AVRO), (REQUEST_ID_HEADER, req.request_id.encode("utf-8"))]
@@ -339,6 +291,7 @@ __all__ = [
     "MASK_POST_PROCESSING_HEADER",
     "MAX_CONTOURS_HEADER",
     "MODEL_HEADER",
+    "PARAM_HEADERS",
     "POINTS_HEADER",
     "POINT_LABELS_HEADER",
     "REPLY_TO_HEADER",
@@ -346,6 +299,7 @@ __all__ = [
     "SOURCE_HEADER",
     "KafkaHeaders",
     "is_avro_request",
+    "param_headers",
     "parse_bare_request",
     "parse_model",
     "peek_bare_envelope",

@@ -71,6 +71,17 @@ class ErrorInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class RequestOrigin:
+    """Where a request came from on Kafka, echoed in its result so any client can match the two: the record's key
+    (byte for byte) and its topic, partition and offset."""
+
+    key: bytes | None
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
 class SegmentResultMessage:
     """The answer to one request (the output topic's message).
 
@@ -95,6 +106,7 @@ class SegmentResultMessage:
     worker_id: str
     source: str | None
     created_at_ms: int
+    origin: RequestOrigin | None = None  # the request record's key and position; None when not made from one
 
     def __post_init__(self) -> None:
         """Refuse inconsistent results early: a consumer must be able to trust ``status``."""
@@ -189,6 +201,7 @@ class SegmentResultMessage:
         source: str | None,
         timings_ms: Mapping[str, float] | None = None,
         created_at_ms: int | None = None,
+        origin: RequestOrigin | None = None,
     ) -> SegmentResultMessage:
         """This stored result re-addressed to another request: same masks, model and sizes, ``cached=True``.
 
@@ -203,7 +216,12 @@ class SegmentResultMessage:
             cached=True,
             timings_ms={str(k): float(v) for k, v in (timings_ms or {}).items()},
             created_at_ms=now_ms() if created_at_ms is None else created_at_ms,
+            origin=origin,
         )
+
+    def with_origin(self, origin: RequestOrigin | None) -> SegmentResultMessage:
+        """This result tagged with the request record it answers."""
+        return replace(self, origin=origin)
 
 
 @dataclass(frozen=True, slots=True)

@@ -115,7 +115,15 @@ class WireCodec:
     def _decode(self, name: str, data: bytes, topic: str) -> Any:
         kind = _KINDS[name]
         if not (self.uses_registry and data and data[0] == MAGIC_BYTE):
-            return kind.plain_decode(data)
+            try:
+                return kind.plain_decode(data)
+            except MalformedRequestError as exc:
+                if not self.uses_registry and looks_registry_framed(data):
+                    raise MalformedRequestError(
+                        f"{kind.schema_name} looks like Schema Registry framing (magic byte 0 + 4-byte schema id) "
+                        "and this process has no registry: set SCHEMA_REGISTRY_URL"
+                    ) from exc
+                raise
         try:
             record = self._deserializers[name](data, SerializationContext(topic, MessageField.VALUE))
         except Exception as exc:  # noqa: BLE001 - the registry client raises many types; fall back to plain
@@ -142,6 +150,11 @@ class WireCodec:
 
     def decode_dead_letter(self, data: bytes, topic: str) -> DeadLetter:
         return self._decode("dead_letter", data, topic)
+
+
+def looks_registry_framed(data: bytes | None) -> bool:
+    """Magic byte 0 then a 4-byte schema id and a body: the Confluent wire format."""
+    return bool(data) and len(data) > 5 and data[0] == MAGIC_BYTE  # type: ignore[index]
 
 
 def _convert(what: str, build: Callable[[dict[str, Any]], _T], record: Any) -> _T:

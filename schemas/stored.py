@@ -26,12 +26,15 @@ from pipeline.errors import MalformedRequestError
 from pipeline.types import FallbackReason, MaskRecord, ModelName
 
 from . import avro
-from .messages import ResultStatus, SegmentResultMessage
+from .messages import RequestOrigin, ResultStatus, SegmentResultMessage
 
-MAGIC = b"SPR\x01"  # segpipe stored result, layout version 1
+MAGIC = b"SPR\x02"  # segpipe stored result, layout version 2 (the result schema gained mask_prompt_indices)
 
 # The fields a cache hit sets afresh; every other field is copied from the stored result's bytes.
-PER_REQUEST_FIELDS = frozenset({"request_id", "cached", "timings_ms", "error", "worker_id", "source", "created_at_ms"})
+_ORIGIN_FIELDS = frozenset({"request_key", "request_topic", "request_partition", "request_offset"})
+PER_REQUEST_FIELDS = frozenset(
+    {"request_id", "cached", "timings_ms", "error", "worker_id", "source", "created_at_ms", *_ORIGIN_FIELDS}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,9 +113,10 @@ class EncodedMasks(Sequence[MaskRecord]):
     """The masks of a stored result, still Avro-encoded: ``len()`` is free, the records are decoded on first use
     (a worker answering a hit only copies the bytes; a schema-registry codec or a test that looks at them decodes)."""
 
-    def __init__(self, data: bytes, count: int) -> None:
+    def __init__(self, data: bytes, count: int, prompt_indices: Sequence[int | None] | None = None) -> None:
         self._data = data
         self._count = count
+        self.prompt_indices = None if prompt_indices is None else tuple(prompt_indices)
         self._records: tuple[MaskRecord, ...] | None = None
 
     @property
@@ -123,7 +127,9 @@ class EncodedMasks(Sequence[MaskRecord]):
     def _decoded(self) -> tuple[MaskRecord, ...]:
         if self._records is None:
             record = avro._read(self._data, _MASKS_PART.schema, "stored masks")
-            self._records = tuple(avro._mask_from_record(mask) for mask in record["masks"])  # type: ignore[index,union-attr]
+            masks = tuple(avro._mask_from_record(mask) for mask in record["masks"])  # type: ignore[index,union-attr]
+            indices = None if self.prompt_indices is None else list(self.prompt_indices)
+            self._records = avro._with_prompt_indices(masks, indices)
         return self._records
 
     def __len__(self) -> int:
@@ -141,7 +147,7 @@ class EncodedMasks(Sequence[MaskRecord]):
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, EncodedMasks):
-            return self._data == other._data
+            return self._data == other._data and self.prompt_indices == other.prompt_indices
         if isinstance(other, Sequence):
             return self._decoded == tuple(other)
         return NotImplemented
@@ -184,6 +190,7 @@ class StoredResult:
         source: str | None,
         timings_ms: Mapping[str, float] | None = None,
         created_at_ms: int | None = None,
+        origin: RequestOrigin | None = None,
     ) -> tuple[SegmentResultMessage, bytes]:
         """:meth:`SegmentResultMessage.with_cache_hit` of the stored result, and its Avro bytes: the message keeps its
         masks encoded; the bytes are the stored runs with the per-request fields encoded between them."""
@@ -205,16 +212,19 @@ class StoredResult:
             else avro._enum(FallbackReason, shared["fallback_reason"], "fallback_reason"),
             fallback_detail=shared["fallback_detail"],
             cached=False,
-            masks=EncodedMasks(self.chunks[_SHARED_PARTS.index(_MASKS_PART)], self.mask_count),
+            masks=EncodedMasks(
+                self.chunks[_SHARED_PARTS.index(_MASKS_PART)], self.mask_count, shared.get("mask_prompt_indices")
+            ),
             timings_ms={},
             error=None,
             worker_id="",
             source=None,
             created_at_ms=0,
         )
-        message = stored.with_cache_hit(request_id, worker_id, source, timings_ms, created_at_ms)
+        message = stored.with_cache_hit(request_id, worker_id, source, timings_ms, created_at_ms, origin)
         chunks = iter(self.chunks)
-        fresh = {name: getattr(message, name) for name in PER_REQUEST_FIELDS}
+        fresh = {name: getattr(message, name) for name in PER_REQUEST_FIELDS - _ORIGIN_FIELDS}
+        fresh |= avro._origin_record(message.origin)
         out = [
             next(chunks) if part.shared else avro._write(part.schema, {name: fresh[name] for name in part.fields})
             for part in _PARTS

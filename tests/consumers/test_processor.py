@@ -142,3 +142,25 @@ def test_redis_unreachable_sends_everything_to_the_model_path(
     items = processor.prepare_batch([_record("a", _png(_pixels(5))), _record("b", b"junk")])
     assert all(isinstance(item, ParsedRequest) for item in items)
     assert not unreachable_cache.healthy
+
+
+@pytest.mark.parametrize(
+    ("key", "headers", "expected"),
+    [
+        (b"order-17", (), "order-17"),  # a UTF-8 key names the request
+        ("é".encode() * 128, (), "é" * 128),  # 256 bytes: still a name
+        (b"k" * 257, (), "in:3:99"),  # longer: a hash or a payload, not a name
+        (b"\xff\xfe", (), "in:3:99"),  # not UTF-8
+        (None, (), "in:3:99"),
+        (b"order-17", (("segpipe-request-id", b"hdr"),), "hdr"),  # the header wins
+        (b"order-17", (("SEGPIPE-REQUEST-ID", b"hdr"),), "hdr"),
+    ],
+)
+def test_request_id_is_header_then_key_then_position(key: bytes | None, headers: tuple, expected: str) -> None:
+    record = InboundRecord(b"value", key, headers, "in", 3, 99)
+    assert (record.header_request_id or record.fallback_request_id) == expected
+    assert record.origin.key == key and (record.origin.topic, record.origin.partition, record.origin.offset) == (
+        "in",
+        3,
+        99,
+    )

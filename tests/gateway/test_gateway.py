@@ -145,10 +145,10 @@ def assert_original_shape(body: dict[str, object]) -> None:
         assert isinstance(mask["area"], int) and mask["area"] > 0
         assert len(mask["bbox"]) == 4 and all(isinstance(v, int | float) for v in mask["bbox"])
         assert isinstance(mask["predicted_iou"], float) and isinstance(mask["stability_score"], float)
-        assert mask["segmentation"], "at least one polygon"
-        for polygon in mask["segmentation"]:
-            assert len(polygon) >= 6 and len(polygon) % 2 == 0
-            assert all(isinstance(v, int | float) for v in polygon)
+        # The original API's documented form: one polygon as [x, y] points.
+        assert len(mask["segmentation"]) >= 3, "a polygon"
+        assert all(len(point) == 2 and all(isinstance(v, int | float) for v in point) for point in mask["segmentation"])
+        assert mask["polygons"][0] == mask["segmentation"]
 
 
 def test_post_base64_json_answers_masks_in_the_original_shape(stack: Stack) -> None:
@@ -187,7 +187,7 @@ def test_multipart_upload_with_form_fields(stack: Stack) -> None:
     body = response.json()
     assert_original_shape(body)
     assert body["model"] == "fastsam"
-    assert all(len(mask["segmentation"]) <= 2 for mask in body["masks"]), "max_contours reached the worker"
+    assert all(len(mask["polygons"]) <= 2 for mask in body["masks"]), "max_contours reached the worker"
 
 
 def test_box_and_point_prompts_are_passed_through(stack: Stack) -> None:
@@ -198,6 +198,7 @@ def test_box_and_point_prompts_are_passed_through(stack: Stack) -> None:
     body = response.json()
     assert body["model"] == "sam2"
     assert body["num_masks"] == len(boxes), "SAM2 answers one mask per box"
+    assert [mask["prompt_index"] for mask in body["masks"]] == [0, 1], "in box order"
 
     points = post_json(stack, {"image": image, "points": [[30, 30], [100, 80]], "labels": [1, 0], "model": "sam2"})
     assert points.status_code == 200, points.text
@@ -227,6 +228,31 @@ def test_bad_input_is_a_400_with_a_code(stack: Stack, body: object, code: str) -
     assert response.status_code == 400, response.text
     answer = response.json()
     assert answer["success"] is False and answer["code"] == code and answer["error"]
+
+
+def test_an_old_client_reads_points_and_a_new_one_can_ask_for_coco(stack: Stack) -> None:
+    """Posted as the original API's clients do (base64 JSON, nothing new), read as they read it: ``for x, y in
+    segmentation``. The points lie on the mask the RLE holds; ``segmentation_format=coco`` gives the same polygons
+    as flat COCO lists."""
+    image = b64(noise_png(104, HEIGHT, WIDTH))
+    old = post_json(stack, {"image": image, "conf": 0.005})
+    assert old.status_code == 200, old.text
+    masks = old.json()["masks"]
+    assert masks
+    for mask in masks:
+        pixels = decode_rle(RLE(size=tuple(mask["rle"]["size"]), counts=mask["rle"]["counts"]))
+        for x, y in mask["segmentation"]:  # every vertex is a pixel of the mask (contours run through pixel centres)
+            assert pixels[min(round(y), HEIGHT - 1), min(round(x), WIDTH - 1)], (x, y)
+
+    coco = post_json(stack, {"image": image, "conf": 0.005, "segmentation_format": "coco"})
+    assert coco.status_code == 200, coco.text
+    assert coco.json()["cached"] is True
+    for flat, points in zip(coco.json()["masks"], masks, strict=True):
+        assert flat["segmentation"] == [[v for point in polygon for v in point] for polygon in points["polygons"]]
+
+    bad = post_json(stack, {"image": image, "segmentation_format": "svg"})
+    assert bad.status_code == 400 and bad.json()["code"] == "invalid_parameters"
+    assert "segmentation_format must be one of points, coco" in bad.json()["error"]
 
 
 def test_corrupt_image_error_comes_from_the_worker(stack: Stack) -> None:

@@ -411,9 +411,10 @@ def test_npy_with_a_huge_shape_is_refused_without_allocating(shape: tuple[int, .
 @pytest.mark.parametrize(
     ("payload", "reason"),
     [
-        pytest.param(_npy(RGB.astype(np.float32)), "dtype float32", id="float"),
+        pytest.param(
+            _npy(RGB.astype(np.float32)), r"values in \[0, 255\]: a float image must be in \[0, 1\]", id="float"
+        ),
         pytest.param(_npy(RGB.astype(bool)), "dtype bool", id="bool"),
-        pytest.param(_npy(RGB.astype(np.uint16)), "dtype uint16", id="uint16"),
         pytest.param(_npy(RGB.reshape(-1)), "shape", id="1d"),
         pytest.param(_npy(RGB[None]), "shape", id="4d"),
         pytest.param(_npy(np.zeros((0, 4, 3), np.uint8)), "empty dimension", id="zero-size"),
@@ -436,7 +437,8 @@ def test_bad_npy_is_refused(payload: bytes, reason: str) -> None:
 @pytest.mark.parametrize(
     ("width", "height", "message"),
     [
-        (100_000, 100_000, "bomb|pixels"),  # Pillow's own guard fires while reading the header
+        # Pillow's own guard fires while reading the header: the message still gives the claim and our limit
+        (100_000, 100_000, r"image header claims 10,000,000,000 pixels, limit 50,000,000 \(MAX_IMAGE_PIXELS\)"),
         (8_000, 8_000, "8000x8000 = 64,000,000 pixels, limit 50,000,000"),
         (1, 20_000, "side 20,000 exceeds limit 16,384"),
         (20_000, 1, "side 20,000 exceeds limit 16,384"),
@@ -466,7 +468,7 @@ def test_pillow_bomb_warning_raised_as_error_is_too_large() -> None:
     payload = _png_claiming(side, side)
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with pytest.raises(ImageTooLargeError, match="bomb"):
+        with pytest.raises(ImageTooLargeError, match="decompression-bomb guard"):
             decode_image(payload, limits=ImageLimits(max_pixels=side * side, max_side=side))
 
 
@@ -591,12 +593,9 @@ def test_read_only_array_gives_a_writable_result() -> None:
 @pytest.mark.parametrize(
     ("array", "reason"),
     [
-        pytest.param(RGB.astype(np.float32) / 255, "dtype float32", id="float32"),
-        pytest.param(RGB.astype(np.float64), "dtype float64", id="float64"),
+        pytest.param(RGB.astype(np.float64), r"float64 has values in \[0, 255\]", id="float64-0-255"),
         pytest.param(RGB > 127, "dtype bool", id="bool"),
-        pytest.param(RGB.astype(np.int16), "dtype int16", id="int16"),
-        pytest.param(RGB.astype(np.uint16), "dtype uint16", id="uint16"),
-        pytest.param(RGB.astype(np.int8), "dtype int8", id="int8"),
+        pytest.param(RGB.astype(np.int8), r"int8 has values in \[-128, 127\]", id="int8"),
         pytest.param(np.empty((4, 4, 3), dtype=object), "objects", id="object"),
         pytest.param(np.array(7, np.uint8), "shape", id="0d"),
         pytest.param(RGB.reshape(-1), "shape", id="1d"),
@@ -745,3 +744,62 @@ def test_garbage_is_refused_cleanly_after_ultralytics_patched_pillow() -> None:
     png = io.BytesIO()
     PIL.Image.new("RGB", (4, 3), (1, 2, 3)).save(png, format="PNG")
     assert decode_image(png.getvalue()).shape == (3, 4, 3)
+
+
+# --- numpy as users hold it ----------------------------------------------------------------------------------------
+
+SHAPES = {"HxW": (6, 5), "HxWx1": (6, 5, 1), "HxWx3": (6, 5, 3), "HxWx4": (6, 5, 4)}
+
+
+def _expected_rgb(pixels: np.ndarray) -> np.ndarray:
+    """The documented result: grey replicated, alpha dropped."""
+    grey_or_colour = pixels if pixels.ndim == 3 else pixels[:, :, None]
+    if grey_or_colour.shape[2] == 1:
+        return np.repeat(grey_or_colour, 3, axis=2)
+    return grey_or_colour[:, :, :3]
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
+def test_float_arrays_in_0_1_are_scaled_to_uint8(dtype: type, shape: tuple[int, ...]) -> None:
+    pixels = np.random.default_rng(3).integers(0, 256, shape, dtype=np.uint8)
+    floats = (pixels / 255.0).astype(dtype)
+    for payload in (floats, _npy(floats)):
+        np.testing.assert_array_equal(decode_image(payload), _expected_rgb(pixels))
+
+
+@pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
+def test_uint16_arrays_are_scaled_and_uint8_times_257_comes_back_exactly(shape: tuple[int, ...]) -> None:
+    pixels = np.random.default_rng(4).integers(0, 256, shape, dtype=np.uint8)
+    wide = pixels.astype(np.uint16) * 257
+    for payload in (wide, _npy(wide)):
+        np.testing.assert_array_equal(decode_image(payload), _expected_rgb(pixels))
+    assert decode_image(np.array([[0, 128, 32896, 65535]], np.uint16))[0, :, 0].tolist() == [0, 0, 128, 255]
+
+
+def test_integer_arrays_holding_0_255_are_taken_as_8_bit() -> None:
+    pixels = np.random.default_rng(5).integers(0, 256, (4, 4, 3))  # int64, as np.array of Python ints gives
+    np.testing.assert_array_equal(decode_image(pixels), pixels.astype(np.uint8))
+
+
+@pytest.mark.parametrize(
+    ("array", "message"),
+    [
+        pytest.param(np.array([[0.0, 1.5]], np.float32), r"float32 has values in \[0, 1\.5\]", id="float-above-1"),
+        pytest.param(np.array([[-0.25, 0.5]]), r"float64 has values in \[-0\.25, 0\.5\]", id="float-negative"),
+        pytest.param(np.array([[0.5, np.nan]], np.float16), "NaN or infinite", id="nan"),
+        pytest.param(np.array([[0, 300]], np.int32), r"int32 has values in \[0, 300\]", id="int-above-255"),
+    ],
+)
+def test_other_ranges_are_refused_naming_the_range_found(array: np.ndarray, message: str) -> None:
+    for payload in (array, _npy(array)):
+        with pytest.raises(InvalidImageError, match=message):
+            decode_image(payload)
+
+
+def test_alpha_is_dropped_not_composited_for_arrays_and_pngs() -> None:
+    """Documented: a fully transparent pixel keeps its stored colour (no background is composited)."""
+    rgba = np.dstack([RGB, np.zeros(RGB.shape[:2], np.uint8)])
+    np.testing.assert_array_equal(decode_image(rgba), RGB)
+    np.testing.assert_array_equal(decode_image((rgba / 255.0).astype(np.float32)), RGB)
+    np.testing.assert_array_equal(decode_image(_encode(rgba, "PNG")), RGB)

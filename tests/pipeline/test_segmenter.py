@@ -31,7 +31,7 @@ from pipeline.errors import (
 )
 from pipeline.masks import decode_rle, mask_bbox, rasterize_polygons
 from pipeline.models import FastSAMModel, RawMask, SAM2Model, SAM2Options, configure_offline
-from pipeline.segmenter import Segmenter, inference_scale, resolve_params, scale_prompts
+from pipeline.segmenter import Segmenter, inference_scale, scale_prompts
 from pipeline.settings import ModelSettings
 from pipeline.types import (
     FallbackReason,
@@ -123,6 +123,9 @@ def assert_record_consistent(record: MaskRecord, width: int, height: int) -> Non
 def assert_result_consistent(result: SegmentationResult) -> None:
     for record in result.masks:
         assert_record_consistent(record, result.width, result.height)
+    if any(r.prompt_index is not None for r in result.masks):  # prompted: one record per prompt, in prompt order
+        assert [r.prompt_index for r in result.masks] == list(range(len(result.masks)))
+        return
     keys = [(-r.predicted_iou, -r.area) for r in result.masks]
     assert keys == sorted(keys), "records must come best predicted_iou first, then largest"
 
@@ -253,11 +256,14 @@ def test_auto_keeps_fastsam_answer_when_it_finds_masks(
 
 
 def test_auto_falls_back_with_low_score(segmenter: Segmenter, noise_image: np.ndarray) -> None:
-    """auto + conf 0.005 + fallback_min_score 0.5: FastSAM's best (~0.0123) is too low, so SAM2 answers."""
-    result = segmenter.segment(noise_image, BOX, SegmentParams(conf=LOW_CONF, fallback_min_score=0.5))
+    """auto + conf 0.005 + fallback_min_score 1.0: FastSAM answers the whole-image box (every mask overlaps it) but a
+    confidence is always below 1, so SAM2 answers. (BOX itself gets no_masks from the random weights, whose specks
+    all lie outside it: see tests/pipeline/test_prompts.py.)"""
+    whole = Prompts(boxes=((0.0, 0.0, float(noise_image.shape[1]), float(noise_image.shape[0])),))
+    result = segmenter.segment(noise_image, whole, SegmentParams(conf=LOW_CONF, fallback_min_score=1.0))
     assert result.model == ModelName.SAM2
     assert result.fallback_reason == FallbackReason.LOW_SCORE
-    assert result.fallback_detail is not None and "fallback_min_score 0.5" in result.fallback_detail
+    assert result.fallback_detail is not None and "fallback_min_score 1.0" in result.fallback_detail
     assert len(result.masks) == 1  # one box prompt: one SAM2 mask
     assert_result_consistent(result)
 
@@ -387,7 +393,8 @@ def test_fastsam_box_prompts_select_the_best_mask_per_box(
 def test_fastsam_point_prompts_honour_labels(
     segmenter: Segmenter, noise_image: np.ndarray, fastsam_raw_blocks: list[RawMask]
 ) -> None:
-    """A foreground point keeps the masks under it, a background point (label 0) removes those under it."""
+    """A foreground point keeps the masks under it, a background point (label 0) removes those under it; of those
+    left, the point rule (pipeline.prompts) answers with the best predicted_iou, then the smallest."""
     raw = fastsam_raw_blocks
     stack = np.stack([m.mask for m in raw])
     height, width = noise_image.shape[:2]
@@ -405,11 +412,17 @@ def test_fastsam_point_prompts_honour_labels(
     assert expected and dropped, "precondition: the background point removes some, not all, foreground masks"
     labelled = Prompts(points=((float(fx), float(fy)), (float(bx), float(by))), point_labels=(1, 0))
     result = segmenter.segment(noise_image, labelled, FASTSAM_PROMPTED)
-    assert Counter(record_key(r) for r in result.masks) == Counter(raw_key(raw[i]) for i in expected)
+    best = min(expected, key=lambda i: (-raw[i].predicted_iou, int(stack[i].sum())))
+    assert [record_key(r) for r in result.masks] == [raw_key(raw[best])]
     assert_result_consistent(result)
-    # without labels both points are foreground: the dropped masks come back, so labels really arrive
-    everything = segmenter.segment(noise_image, Prompts(points=labelled.points), FASTSAM_PROMPTED)
-    assert {raw_key(raw[i]) for i in dropped} <= {record_key(r) for r in everything.masks}
+    # without labels both points are foreground: the answer must hold both, so labels really arrive
+    both = segmenter.segment(noise_image, Prompts(points=labelled.points), FASTSAM_PROMPTED)
+    holding_both = [i for i in range(len(stack)) if stack[i, fy, fx] and stack[i, by, bx]]
+    (answer,) = both.masks
+    if holding_both:
+        assert record_key(answer) in {raw_key(raw[i]) for i in holding_both}
+    else:
+        assert answer.area == 0
 
 
 def test_sam2_point_prompt_gives_one_consistent_mask(sam2_point_run: SAM2Run) -> None:
@@ -512,11 +525,13 @@ def test_memory_optimization_maps_masks_and_prompts_back(model_settings: ModelSe
     assert double.shapes == [(384, 512, 3)]
     assert (result.width, result.height, result.inference_width, result.inference_height) == (2000, 1500, 512, 384)
     (seen,) = double.prompts
-    assert seen.boxes[0] == pytest.approx((400 * scale, 300 * scale, 1200 * scale, 900 * scale))
-    assert seen.points[0] == pytest.approx((800 * scale, 600 * scale))
-    assert seen.point_labels == (1,)
+    assert seen.empty, "FastSAM runs in everything mode; the prompts select among its masks (pipeline.prompts)"
+    assert scale_prompts(prompts, scale, scale).boxes[0] == pytest.approx(
+        (400 * scale, 300 * scale, 1200 * scale, 900 * scale)
+    )
 
-    (record,) = result.masks
+    (record,) = result.masks  # the box, scaled to 512x384, selects the drawn rectangle
+    assert record.prompt_index == 0 and record.area > 0
     assert record.rle.size == (height, width)
     bx, by, bw, bh = record.bbox
     tolerance = 1 / scale + 1
@@ -612,40 +627,42 @@ _IMG = (240, 320)
             InvalidPromptError,
             id="65-boxes",
         ),
-        pytest.param(Prompts(), SegmentParams(model="foo"), InvalidParametersError, id="unknown-model"),  # type: ignore[arg-type]
-        pytest.param(Prompts(), SegmentParams(conf=1.5), InvalidParametersError, id="conf-1.5"),
-        pytest.param(Prompts(), SegmentParams(conf=NAN), InvalidParametersError, id="conf-nan"),
-        pytest.param(Prompts(), SegmentParams(iou=-0.1), InvalidParametersError, id="iou-negative"),
+        pytest.param(Prompts(), {"model": "foo"}, InvalidParametersError, id="unknown-model"),
+        pytest.param(Prompts(), {"conf": 1.5}, InvalidParametersError, id="conf-1.5"),
+        pytest.param(Prompts(), {"conf": NAN}, InvalidParametersError, id="conf-nan"),
+        pytest.param(Prompts(), {"iou": -0.1}, InvalidParametersError, id="iou-negative"),
         pytest.param(
             Prompts(),
-            SegmentParams(fallback_min_score=float("inf")),
+            {"fallback_min_score": float("inf")},
             InvalidParametersError,
             id="fallback-min-score-inf",
         ),
-        pytest.param(Prompts(), SegmentParams(imgsz=16), InvalidParametersError, id="imgsz-16"),
-        pytest.param(Prompts(), SegmentParams(max_contours=0), InvalidParametersError, id="max-contours-0"),
+        pytest.param(Prompts(), {"imgsz": 16}, InvalidParametersError, id="imgsz-16"),
+        pytest.param(Prompts(), {"max_contours": 0}, InvalidParametersError, id="max-contours-0"),
     ],
 )
 def test_invalid_prompts_and_parameters_are_refused_before_any_model(
     model_settings: ModelSettings,
     noise_image: np.ndarray,
     prompts: Prompts,
-    params: SegmentParams,
+    params: SegmentParams | dict[str, object],
     error: type[SegmentationError],
 ) -> None:
-    """Each bad request gets its typed error (and code); neither model is loaded or run."""
+    """Each bad request gets its typed error (and code); neither model is loaded or run. Bad parameters are refused
+    by the spec as soon as they are given (a dict here, so that construction happens inside the test)."""
     fastsam, sam2 = Tripwire("FastSAM"), Tripwire("SAM2")
     with pytest.raises(error) as caught:
-        engine(model_settings, fastsam=fastsam, sam2=sam2).segment(noise_image, prompts, params)
+        given = SegmentParams(**params) if isinstance(params, dict) else params
+        engine(model_settings, fastsam=fastsam, sam2=sam2).segment(noise_image, prompts, given)
     assert type(caught.value) is error
     assert caught.value.code == error.code
     assert fastsam.calls == 0 and sam2.calls == 0
 
 
-def test_resolve_params_rejects_unknown_model(model_settings: ModelSettings) -> None:
-    """An unknown model name is a parameter error at resolution time, not a ValueError from the enum."""
-    with pytest.raises(InvalidParametersError, match="foo"):
-        resolve_params(SegmentParams(model="foo"), model_settings)  # type: ignore[arg-type]
+def test_unknown_model_is_a_parameter_error() -> None:
+    """An unknown model name is a parameter error (from the spec), not a ValueError from the enum."""
+    with pytest.raises(InvalidParametersError, match="model must be one of auto, fastsam, sam2, got 'foo'"):
+        SegmentParams(model="foo")
 
 
 @pytest.mark.parametrize(

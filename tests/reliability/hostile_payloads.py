@@ -13,10 +13,11 @@ import zlib
 from dataclasses import dataclass
 
 import cv2
+import fastavro
 import numpy as np
 
-from pipeline.types import ModelChoice, Prompts, SegmentParams
-from schemas import SegmentRequest, encode_request, request_headers
+from pipeline.types import Prompts
+from schemas import REQUEST_SCHEMA, SegmentRequest, encode_request, request_headers
 
 Headers = list[tuple[str, bytes]]
 
@@ -82,6 +83,15 @@ def avro(request_id: str, image: bytes, **fields: object) -> tuple[bytes, Header
     return encode_request(request), request_headers(request)
 
 
+def with_raw_params(value: bytes, **params: object) -> bytes:
+    """An Avro request with some params replaced by raw values, bypassing the spec's checks on construction."""
+    record = fastavro.schemaless_reader(io.BytesIO(value), REQUEST_SCHEMA)
+    record["params"].update(params)
+    buffer = io.BytesIO()
+    fastavro.schemaless_writer(buffer, REQUEST_SCHEMA, record)
+    return buffer.getvalue()
+
+
 def bare(request_id: str, **headers: str) -> Headers:
     found = [("segpipe-request-id", request_id.encode())]
     found += [(f"segpipe-{key.replace('_', '-')}", value.encode()) for key, value in headers.items()]
@@ -125,7 +135,7 @@ def hostile_cases() -> list[Hostile]:
     add_bare(
         "npy-object-pickle", npy_bytes(np.array([{"x": 1}, "evil"], dtype=object), allow_pickle=True), "invalid_image"
     )
-    add_bare("npy-float", npy_bytes(np.zeros((8, 8, 3), dtype=np.float64)), "invalid_image")
+    add_bare("npy-float-out-of-range", npy_bytes(np.full((8, 8, 3), 2.0, dtype=np.float64)), "invalid_image")
     # malformed Avro
     cases.append(
         Hostile("avro-garbage", b"\x02\xff\xff\xff garbage", [("segpipe-format", b"avro-v1")], "malformed_request")
@@ -133,6 +143,12 @@ def hostile_cases() -> list[Hostile]:
     valid_avro, avro_headers = avro("avro-truncated", png)
     cases.append(Hostile("avro-truncated", valid_avro[:20], avro_headers, "malformed_request"))
     cases.append(Hostile("avro-empty", b"", [("segpipe-format", b"avro-v1")], "malformed_request"))
+    # an Avro request without its format header; a registry-framed one to a worker without a registry
+    no_format = "avro-without-format-header"
+    cases.append(Hostile(no_format, valid_avro, bare(no_format), "malformed_request"))
+    framed = b"\x00" + struct.pack(">I", 3) + valid_avro
+    framed_headers = [("segpipe-format", b"avro-v1"), ("segpipe-request-id", b"registry-framed")]
+    cases.append(Hostile("registry-framed", framed, framed_headers, "malformed_request"))
     # prompts outside the image, NaN, negative, wrong shapes
     add_avro("point-outside", png, "invalid_prompt", prompts=Prompts(points=((500.0, 10.0),)))
     add_avro("point-nan", png, "invalid_prompt", prompts=Prompts(points=((float("nan"), 10.0),)))
@@ -144,9 +160,12 @@ def hostile_cases() -> list[Hostile]:
     add_bare("labels-mismatch", png, "invalid_prompt", points="[[1, 2]]", point_labels="[1, 0]")
     add_bare("points-not-json", png, "malformed_request", points="[[1, 2")
     add_bare("points-nan-json", png, "invalid_prompt", points="[[NaN, 2]]")
+    add_bare("points-nested-deeply", png, "malformed_request", points="[" * 100_000 + "]" * 100_000)
     # unknown model names and bad parameters
     add_bare("model-unknown", png, "invalid_parameters", model="sam3")
-    add_avro("conf-out-of-range", png, "invalid_parameters", params=SegmentParams(model=ModelChoice.AUTO, conf=7.0))
+    # the spec refuses conf=7.0 in SegmentParams itself, so write the Avro record as a foreign producer would
+    value, headers = avro("conf-out-of-range", png)
+    cases.append(Hostile("conf-out-of-range", with_raw_params(value, conf=7.0), headers, "invalid_parameters"))
     add_bare("imgsz-huge", png, "invalid_parameters", imgsz="999999")
     # header abuse
     cases.append(

@@ -61,11 +61,11 @@ def test_hostile_records_get_error_results_and_dead_letters(
     publisher.send_all([(b"good", good_png, bare("good"))])
 
     def expected_id(case: Hostile) -> str:
-        """The request id a result can carry: the record's own, or its position when it names none."""
-        if any(key == "segpipe-request-id" for key, _ in case.headers):
-            return case.name
-        placed = publisher.placed[case.name]
-        return f"{topics.input}:{placed.partition}:{placed.offset}"
+        """The request id a result carries: the header's, else the record's key (each case is keyed by its name)."""
+        for key, value in case.headers:
+            if key == "segpipe-request-id":
+                return value.decode()
+        return case.key.decode()
 
     ids = {case.name: expected_id(case) for case in cases}
     results.wait_request_ids([*ids.values(), "good"], timeout=180)

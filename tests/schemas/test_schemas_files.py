@@ -46,6 +46,11 @@ EXPECTED_FIELDS = {
         "worker_id",
         "source",
         "created_at_ms",
+        "request_key",
+        "request_topic",
+        "request_partition",
+        "request_offset",
+        "mask_prompt_indices",
     ],
     "DeadLetter": [
         "request_id",
