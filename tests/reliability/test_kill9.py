@@ -193,6 +193,7 @@ def _chaos(
         else:
             recomputed += 1  # equal masks from two model runs: the models are deterministic on CPU
     total_extra = sum(extra.values())
+    victims = {str(kill["worker"]) for kill in kills}
     # Redelivery events: the kills, plus any member the group evicted (its partitions "lost") and any revocation
     # whose commit failed. Each can redeliver at most what the worker had uncommitted: max_in_flight records.
     logs = [worker.log() for worker in launched]
@@ -224,6 +225,10 @@ def _chaos(
         "duplicate_bound": events * bound_per_kill,
         "duplicates_with_a_cached_copy": served_from_cache,
         "duplicates_all_recomputed": recomputed,
+        # A copy published by a worker later killed: its result went out, its offset was not committed yet.
+        "duplicates_published_by_a_killed_worker": sum(
+            1 for request_id in extra if any(c.worker_id in victims for c in by_id[request_id])
+        ),
         "claims_taken_over": sum(log.count("took over the claim") for log in logs),
         "kills": kills,
         "last_result_after_last_kill_s": round(last_result_wall - last_kill_wall, 1),
