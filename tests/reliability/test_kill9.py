@@ -44,6 +44,7 @@ SEED = 20261124
 PUBLISH_INTERVAL_S = 0.4
 # The product's defaults (BATCH_SIZE unset resolves to 1 on a CPU); the tiny-model settings of the harness stay.
 PRODUCT_DEFAULTS = {"MAX_IN_FLIGHT": "256", "MAX_WORKERS": "8", "BATCH_SIZE": "1", "REDIS_LOCK_TTL": "30"}
+BURST_INTERVAL_S = 0.1  # at the defaults: 10 requests/s, more than three CPU workers answer, so victims hold a backlog
 DEFAULTS_MAX_EXTRA = 10  # issue #10's target over ten kills at the defaults
 DEFAULTS_MAX_DRAIN_S = 15.0  # last result after the last kill, model time aside (asserted with the model's share added)
 
@@ -91,9 +92,9 @@ def _chaos(
     """Run the chaos; assert nothing lost, all ok, duplicates equal, offsets committed; return the figures.
 
     ``stream_follows_kills``: instead of one steady stream (which, on a loaded machine where a replacement takes
-    20 s to start, can end before the last kills and leave them hitting idle workers), a chunk of 30 requests is
-    streamed at the same pace after each replacement is consuming, and the kill lands 1-5 s into it: every kill then
-    hits a worker with a backlog, the drain after the last kill included.
+    20 s to start, can end before the last kills and leave them hitting idle workers), a burst of 30 requests is
+    published (BURST_INTERVAL_S apart) after each replacement is consuming, and the kill lands 0.5-2 s into it: every
+    kill then hits a worker holding a backlog of claimed records, the drain after the last kill included.
     """
     rng = random.Random(SEED)
     topics = make_topics(PARTITIONS)
@@ -122,7 +123,7 @@ def _chaos(
         for record in chunk:
             publisher.send(record)
             published_at.append(time.time())
-            time.sleep(PUBLISH_INTERVAL_S)
+            time.sleep(BURST_INTERVAL_S)
 
     chunks = [records[i::KILLS] for i in range(KILLS)]  # the request ids interleave, the images stay shuffled
     feeder = threading.Thread(target=publish, name="publisher")
@@ -142,7 +143,9 @@ def _chaos(
                 feeder.join()
             feeder = threading.Thread(target=publish_chunk, args=(chunks[kill],), name=f"publisher-{kill}")
             feeder.start()
-        time.sleep(rng.uniform(1.0, 5.0))
+            time.sleep(rng.uniform(0.5, 2.0))  # inside the 3 s burst: the victim holds a backlog of claimed records
+        else:
+            time.sleep(rng.uniform(1.0, 5.0))
         victim = rng.choice([w for w in workers if w.process.poll() is None])
         victim.kill()
         last_kill_wall = time.time()
