@@ -179,8 +179,9 @@ class Worker:
     ) -> None:
         self.settings = settings
         self.segmenter = segmenter or Segmenter(settings.models)
+        self._stop = threading.Event()
         if cache is None and settings.redis.enabled:
-            cache = DedupCache(settings.redis)
+            cache = DedupCache(settings.redis, stop=self._stop)  # a stopping worker waits on no peer's claim
         self.codec = codec if codec is not None else WireCodec(settings.registry)
         self.processor = RequestProcessor(
             self.segmenter,
@@ -192,7 +193,6 @@ class Worker:
         self.stats = WorkerStats()
         self.tracker = OffsetTracker()
         self._consumer_overrides = consumer_overrides or {}
-        self._stop = threading.Event()
         # Finished work for the poll loop: (outcome or None when dropped unanswered, whether it took a model-path slot)
         self._completed: queue.Queue[tuple[Outcome | None, bool]] = queue.Queue()
         self._backlog: collections.deque[ParsedRequest] = collections.deque()  # model path, waiting for a slot
