@@ -79,8 +79,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoint", type=Path, default=WEIGHTS_DIR / FASTSAM_TRAINED_NAME)
     parser.add_argument("--samples", type=Path, default=REPO_ROOT / "samples")
     parser.add_argument("--scenes", type=int, default=40)
+    parser.add_argument("--imgsz", type=int, default=None, help="diagnosis only: override FASTSAM_IMGSZ")
+    parser.add_argument("--conf", type=float, default=None, help="diagnosis only: override DEFAULT_CONF")
     args = parser.parse_args(argv)
-    settings = ModelSettings(fastsam_model_path=args.checkpoint, device="cpu")
+    overrides = {"fastsam_imgsz": args.imgsz, "default_conf": args.conf}
+    settings = ModelSettings(
+        fastsam_model_path=args.checkpoint, device="cpu", **{k: v for k, v in overrides.items() if v is not None}
+    )
     print(f"defaults: conf {settings.default_conf}, iou {settings.default_iou}, imgsz {settings.fastsam_imgsz}")
     segmenter = Segmenter(settings)
 

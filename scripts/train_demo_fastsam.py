@@ -23,22 +23,39 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.checkpoints import FASTSAM_TRAINED_NAME, WEIGHTS_DIR
 from pipeline.models import _import_torch, configure_offline
-from pipeline.synthetic import make_scene
+from pipeline.synthetic import Scene, make_scene
 
 TRAIN_SEED = 1_000_000  # scenes 1_000_000.. train, 2_000_000.. validate; the evaluation uses other seeds
 VAL_SEED = 2_000_000
 
 
-def write_split(root: Path, split: str, first_seed: int, count: int) -> None:
-    """Write ``count`` scenes as images plus YOLO-seg polygon labels (one polygon per visible shape)."""
+def write_split(root: Path, split: str, first_seed: int, count: int, zoom: float = 1.0, crop: int = 416) -> None:
+    """Write ``count`` scenes as images plus YOLO-seg polygon labels (one polygon per visible shape).
+
+    With ``zoom`` > 1 each scene is drawn ``zoom`` times larger and a ``crop``-pixel window of it is kept: shapes
+    then have the pixel sizes they have once the product's FASTSAM_IMGSZ (1024) upsamples a 300-800 px image, while
+    training stays at a small, affordable input size."""
     images, labels = root / "images" / split, root / "labels" / split
     images.mkdir(parents=True, exist_ok=True)
     labels.mkdir(parents=True, exist_ok=True)
     for seed in range(first_seed, first_seed + count):
-        scene = make_scene(seed, rel_size=(0.06, 0.6))
-        height, width = scene.masks[0].shape if scene.masks else scene.image.shape[:2]
-        bgr = scene.image if scene.image.ndim == 2 else scene.image[:, :, ::-1]
         rng = np.random.default_rng(seed)
+        if zoom > 1:  # a window of a normal scene, enlarged (cheaper than drawing the scene zoom times larger)
+            scene = make_scene(seed, rel_size=(0.06, 0.45))
+            height, width = scene.image.shape[:2]
+            side = round(crop / zoom)
+            x0, y0 = int(rng.integers(0, max(1, width - side))), int(rng.integers(0, max(1, height - side)))
+            window = (slice(y0, y0 + side), slice(x0, x0 + side))
+            out = (round(min(side, width - x0) * zoom), round(min(side, height - y0) * zoom))
+            image = cv2.resize(scene.image[window], out, interpolation=cv2.INTER_LINEAR)
+            kept = [
+                cv2.resize(m[window].astype(np.uint8), out, interpolation=cv2.INTER_NEAREST) > 0 for m in scene.masks
+            ]
+            scene = Scene(image=image, masks=[m for m in kept if m.sum() >= 64], kinds=[])
+        else:
+            scene = make_scene(seed, rel_size=(0.06, 0.6))
+        height, width = scene.image.shape[:2]
+        bgr = scene.image if scene.image.ndim == 2 else scene.image[:, :, ::-1]
         if rng.random() < 0.3:  # some JPEG artefacts, as in samples/shapes-2.jpg
             cv2.imwrite(str(images / f"{seed}.jpg"), bgr, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(75, 96))])
         else:
@@ -46,6 +63,8 @@ def write_split(root: Path, split: str, first_seed: int, count: int) -> None:
         lines = []
         for mask in scene.masks:
             contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+            if not contours:
+                continue
             contour = max(contours, key=cv2.contourArea).reshape(-1, 2).astype(np.float64)
             if len(contour) < 3:
                 continue
@@ -63,6 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--imgsz", type=int, default=416)
     parser.add_argument("--hours", type=float, default=0.75, help="training wall time (ultralytics' time=)")
     parser.add_argument("--out", type=Path, default=WEIGHTS_DIR / FASTSAM_TRAINED_NAME)
+    parser.add_argument("--zoom", type=float, default=1.0, help="draw scenes this much larger, train on crops")
     parser.add_argument(
         "--init", type=Path, default=None, help="continue from these weights (a previous run's last.pt), no warm-up"
     )
@@ -77,8 +97,8 @@ def main(argv: list[str] | None = None) -> None:
     work = args.work.resolve()  # a relative project= lands under ultralytics' own runs_dir setting
     data = work / "data"
     if not (data / "data.yaml").is_file():
-        write_split(data, "train", TRAIN_SEED, args.train_images)
-        write_split(data, "val", VAL_SEED, args.val_images)
+        write_split(data, "train", TRAIN_SEED, args.train_images, args.zoom, args.imgsz)
+        write_split(data, "val", VAL_SEED, args.val_images, args.zoom, args.imgsz)
         (data / "data.yaml").write_text(f"path: {data}\ntrain: images/train\nval: images/val\nnames:\n  0: object\n")
 
     start = args.init or build_fastsam_checkpoint(work / "init.pt")  # nc=1 yolov8n-seg, random weights

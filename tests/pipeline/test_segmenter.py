@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.checkpoints import build_fastsam_checkpoint
 from pipeline.errors import (
     InvalidParametersError,
     InvalidPromptError,
@@ -116,8 +117,8 @@ def assert_record_consistent(record: MaskRecord, width: int, height: int) -> Non
     for polygon in record.polygons:
         assert len(polygon) >= 6 and len(polygon) % 2 == 0
         xs, ys = np.asarray(polygon[0::2]), np.asarray(polygon[1::2])
-        assert xs.min() >= -0.5 and xs.max() <= width - 0.5
-        assert ys.min() >= -0.5 and ys.max() <= height - 0.5
+        assert xs.min() >= 0 and xs.max() <= width  # COCO coordinates: pixel edges, 0..width
+        assert ys.min() >= 0 and ys.max() <= height
 
 
 def assert_result_consistent(result: SegmentationResult) -> None:
@@ -160,6 +161,21 @@ def corrupt_fastsam(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def corrupt_sam2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # The official-style name lets the config be inferred, so the failure is the file's content, not its name.
     return garbage_file(tmp_path_factory.mktemp("corrupt") / "sam2.1_hiera_tiny-corrupt.pt", seed=8)
+
+
+@pytest.fixture(scope="module")
+def random_fastsam_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A RANDOM-weight FastSAM (the architecture of the demo one, before training): its masks do not depend on the
+    image and come in predictable numbers at tiny thresholds, which is what the routing, prompt-placement and
+    stability tests below are built on. Fidelity, ordering and score tests use the trained demo checkpoint
+    (tests/pipeline/test_fidelity.py)."""
+    return build_fastsam_checkpoint(tmp_path_factory.mktemp("random") / "FastSAM-random-yolov8n-seg.pt")
+
+
+@pytest.fixture(scope="module")
+def segmenter(segmenter: Segmenter, model_settings: ModelSettings, random_fastsam_path: Path) -> Segmenter:
+    """This module's engine: the session's SAM2 with the random FastSAM."""
+    return engine(model_settings, fastsam=FastSAMModel(random_fastsam_path, "cpu"), sam2=segmenter.sam2)
 
 
 @pytest.fixture(scope="module")
@@ -688,9 +704,9 @@ def _scaled_fastsam(source: Path, target: Path, exponent: int) -> Path:
 
 
 @pytest.fixture(scope="module")
-def sharpened_fastsam(demo_checkpoints: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
+def sharpened_fastsam(random_fastsam_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
     directory = tmp_path_factory.mktemp("sharpened")
-    source = demo_checkpoints[0]
+    source = random_fastsam_path
     return {k: _scaled_fastsam(source, directory / f"FastSAM-logits-x2e{k}.pt", k) for k in (14, 16)}
 
 
