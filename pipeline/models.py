@@ -7,7 +7,9 @@ same path. Nothing here reaches the network: ultralytics is switched to offline 
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 import os
 import re
 import threading
@@ -29,6 +31,11 @@ log = logging.getLogger(__name__)
 
 #: SAM2 hydra configs shipped inside the sam2 package, by the size word in official checkpoint names.
 _SAM2_SIZES = {"tiny": "t", "t": "t", "small": "s", "s": "s", "base_plus": "b+", "b+": "b+", "large": "l", "l": "l"}
+#: Hiera trunk (patch-embedding width, block count) of each size, as in the package's configs.
+_SAM2_TRUNKS = {(96, 12): "t", (96, 16): "s", (112, 24): "b+", (144, 48): "l"}
+_SAM2_EMBED_KEY = "image_encoder.trunk.patch_embed.proj.weight"
+#: Sizes of an image's input to SAM2 warm-up and FastSAM warm-up: small, a real forward pass all the same.
+_WARM_UP_SIDE = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,16 +76,55 @@ def resolve_device(requested: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def infer_sam2_config(checkpoint: Path) -> str:
-    """Map an official checkpoint name (``sam2.1_hiera_tiny.pt``, ``sam2_hiera_b+.pt``...) to the package config."""
-    name = checkpoint.stem.lower()
-    match = re.search(r"(sam2(?:\.1)?)_hiera_(tiny|small|base_plus|large|b\+|t|s|l)(?!\w)", name)
-    if match is None:
+def load_sam2_state_dict(checkpoint: Path) -> dict[str, Any]:
+    """The model weights in a SAM2 checkpoint: the official ``{"model": state_dict}`` or a raw state dict."""
+    torch = _import_torch()
+    try:
+        loaded = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:
+        raise ModelUnavailableError(f"cannot read SAM2 checkpoint {checkpoint}: {exc}") from exc
+    if isinstance(loaded, dict) and isinstance(loaded.get("model"), dict):
+        loaded = loaded["model"]
+    if not isinstance(loaded, dict) or _SAM2_EMBED_KEY not in loaded:
+        keys = sorted(loaded)[:5] if isinstance(loaded, dict) else type(loaded).__name__
         raise ModelUnavailableError(
-            f"cannot infer the SAM2 config from checkpoint name {checkpoint.name!r}; set SAM2_CONFIG "
-            "(e.g. configs/sam2.1/sam2.1_hiera_t.yaml)"
+            f"{checkpoint} is not a SAM2 checkpoint: expected {{'model': state_dict}} or a state dict with "
+            f"{_SAM2_EMBED_KEY!r} (found {keys})"
         )
-    family, size = match.group(1), _SAM2_SIZES[match.group(2)]
+    return loaded
+
+
+def infer_sam2_config(checkpoint: Path, state_dict: dict[str, Any] | None = None) -> str:
+    """The package config that matches a checkpoint's tensors: the Hiera trunk's width and block count give the
+    size (tiny/small/base+/large), SAM2.1-only parameters the version. The file name is only a hint, used where
+    the contents match no known trunk; a name that contradicts the contents is overruled, with a warning."""
+    state_dict = load_sam2_state_dict(checkpoint) if state_dict is None else state_dict
+    width = int(state_dict[_SAM2_EMBED_KEY].shape[0])
+    blocks = len({key.split(".")[3] for key in state_dict if key.startswith("image_encoder.trunk.blocks.")})
+    size = _SAM2_TRUNKS.get((width, blocks))
+    family = "sam2.1" if "no_obj_embed_spatial" in state_dict else "sam2"
+    hinted = re.search(r"hiera_(tiny|small|base_plus|large|b\+|t|s|l)(?![a-z0-9+])", checkpoint.stem.lower())
+    if size is None and hinted is not None:  # an unknown trunk: the name may still say which config to try
+        size = _SAM2_SIZES[hinted.group(1)]
+        log.warning(
+            "%s: unknown Hiera trunk (%d wide, %d blocks); trying hiera_%s from the name",
+            checkpoint.name,
+            width,
+            blocks,
+            size,
+        )
+    elif hinted is not None and _SAM2_SIZES[hinted.group(1)] != size:
+        log.warning(
+            "%s: the name says hiera_%s, the weights are hiera_%s; using the weights",
+            checkpoint.name,
+            hinted.group(1),
+            size,
+        )
+    if size is None:
+        raise ModelUnavailableError(
+            f"{checkpoint.name}: a Hiera trunk {width} wide with {blocks} blocks matches no SAM2 config in the "
+            "sam2 package; set SAM2_CONFIG"
+        )
     return f"configs/{family}/{family}_hiera_{size}.yaml"
 
 
@@ -93,6 +139,7 @@ def _fastsam_predictor_class() -> type:
     """
     from sam2.utils.amg import calculate_stability_score
     from ultralytics.models.fastsam import FastSAMPredictor
+    from ultralytics.utils import nms
 
     class StabilityFastSAMPredictor(FastSAMPredictor):
         def construct_result(self, pred, img, orig_img, img_path, proto):  # type: ignore[no-untyped-def]
@@ -119,7 +166,15 @@ def _fastsam_predictor_class() -> type:
 
         def postprocess(self, preds, img, orig_imgs):  # type: ignore[no-untyped-def]
             self._segpipe_stability = []
-            results = super().postprocess(preds, img, orig_imgs)
+            # ultralytics' NMS gives up after 2 s + 0.05 s per image and returns empty results for the rest of the
+            # batch (a silent loss on a slow CPU with many candidates): run it without that limit. The detection
+            # predictor reads the function from the module at call time; the model's lock serialises this swap.
+            limited = nms.non_max_suppression
+            nms.non_max_suppression = functools.partial(limited, max_time_img=math.inf)
+            try:
+                results = super().postprocess(preds, img, orig_imgs)
+            finally:
+                nms.non_max_suppression = limited
             for result, (stability, classes) in zip(results, self._segpipe_stability, strict=True):
                 rows = result.boxes.data[:, 5].long() if len(result) else stability.new_zeros((0,)).long()
                 if len(result):
@@ -146,13 +201,14 @@ class FastSAMModel:
         self._lock = threading.Lock()
         self._model: Any = None
         self._predictor_class: type | None = None
+        self._threads = 0
 
     def _load(self) -> Any:
         if self._model is None:
             if not self.checkpoint.is_file():
                 raise ModelUnavailableError(f"FastSAM checkpoint not found: {self.checkpoint} (FASTSAM_MODEL_PATH)")
             configure_offline()
-            _import_torch()
+            torch = _import_torch()
             from ultralytics import FastSAM
 
             path = self.checkpoint
@@ -161,10 +217,27 @@ class FastSAMModel:
 
                 path = onnx_export_path(self.checkpoint)
             try:
-                self._model = FastSAM(str(path))
+                model = FastSAM(str(path))
             except Exception as exc:  # a corrupt or foreign file: say which and why
                 raise ModelUnavailableError(f"cannot load FastSAM checkpoint {self.checkpoint}: {exc}") from exc
             self._predictor_class = _fastsam_predictor_class()
+            # ultralytics' select_device() sets torch to cpu_count - 1 threads ("for training") while it builds the
+            # predictor on the first predict, so a first call would run with other threads (and other float
+            # rounding) than the rest. Fix the count now, build the predictor with a real predict on a tiny image,
+            # and hold every later call to the same count.
+            self._threads = torch.get_num_threads()
+            try:
+                self._run(
+                    model,
+                    [np.zeros((_WARM_UP_SIDE, _WARM_UP_SIDE, 3), np.uint8)],
+                    conf=0.25,
+                    iou=0.7,
+                    imgsz=_WARM_UP_SIDE,
+                    retina=True,
+                )
+            except Exception as exc:
+                raise ModelUnavailableError(f"FastSAM checkpoint {self.checkpoint} failed its warm-up: {exc}") from exc
+            self._model = model
             log.info("loaded FastSAM from %s on %s", self.checkpoint, self.device)
         return self._model
 
@@ -205,7 +278,7 @@ class FastSAMModel:
         self, model: Any, batch: list[np.ndarray], *, conf: float, iou: float, imgsz: int, retina: bool, **prompts: Any
     ) -> list[Any]:
         torch = _import_torch()
-        threads = torch.get_num_threads()
+        torch.set_num_threads(self._threads)
         try:
             return model.predict(
                 batch,
@@ -221,9 +294,9 @@ class FastSAMModel:
             )
         finally:
             # ultralytics' select_device sets torch to cpu_count - 1 threads ("for training"): one of two cores
-            # here. A worker owns its machine's cores, so put back what torch (or TORCH_NUM_THREADS) had.
-            if torch.get_num_threads() != threads:
-                torch.set_num_threads(threads)
+            # here. A worker owns its machine's cores, so put back what torch (or TORCH_NUM_THREADS) had at load.
+            if torch.get_num_threads() != self._threads:
+                torch.set_num_threads(self._threads)
 
 
 def _raw_masks(result: Any) -> list[RawMask]:
@@ -251,6 +324,10 @@ class SAM2Options:
     points_per_batch: int = 64
     pred_iou_thresh: float = 0.8
     stability_score_thresh: float = 0.95
+    #: MEMORY_OPTIMIZATION: above max_inference_side, fewer points per batch so one batch's full-size mask logits
+    #: (points x 3 x H x W floats) stay as large as a 1024 x 1024 image's at points_per_batch.
+    memory_optimization: bool = False
+    max_inference_side: int = 1024
 
 
 class SAM2Model:
@@ -279,17 +356,25 @@ class SAM2Model:
             return
         if not self.checkpoint.is_file():
             raise ModelUnavailableError(f"SAM2 checkpoint not found: {self.checkpoint} (SAM_MODEL_PATH)")
-        config = self.config or infer_sam2_config(self.checkpoint)
-        _import_torch()
+        torch = _import_torch()
+        state_dict = load_sam2_state_dict(self.checkpoint)
+        config = self.config or infer_sam2_config(self.checkpoint, state_dict)
         from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
         from sam2.build_sam import build_sam2
         from sam2.sam2_image_predictor import SAM2ImagePredictor
 
         try:
-            model = build_sam2(config, str(self.checkpoint), device=self.device)
+            # sam2's own loader only reads {"model": ...}; build without weights, then load them as it does
+            # (strict: a missing or unexpected key is an error), which also takes a raw state dict.
+            model = build_sam2(config, None, device="cpu", mode="eval")
+            missing, unexpected = model.load_state_dict(state_dict, strict=False)
+            if missing or unexpected:
+                raise RuntimeError(f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
+            model = model.to(self.device)
         except Exception as exc:
             raise ModelUnavailableError(f"cannot load SAM2 {config} from {self.checkpoint}: {exc}") from exc
-        self._predictor = SAM2ImagePredictor(model)
+        del state_dict
+        predictor = SAM2ImagePredictor(model)
         self._generator = SAM2AutomaticMaskGenerator(
             model,
             points_per_side=self.options.points_per_side,
@@ -298,6 +383,11 @@ class SAM2Model:
             stability_score_thresh=self.options.stability_score_thresh,
             output_mode="binary_mask",
         )
+        with torch.inference_mode():  # warm-up: a real forward pass, so the first request runs like the others
+            predictor.set_image(np.zeros((_WARM_UP_SIDE, _WARM_UP_SIDE, 3), np.uint8))
+            predictor.predict(point_coords=np.array([[_WARM_UP_SIDE / 2] * 2]), point_labels=np.array([1]))
+            predictor.reset_predictor()
+        self._predictor = predictor
         log.info("loaded SAM2 %s from %s on %s", config, self.checkpoint, self.device)
 
     def load(self) -> None:
@@ -316,7 +406,9 @@ class SAM2Model:
             ]
 
     def _everything(self, image: np.ndarray) -> list[RawMask]:
-        records = self._generator.generate(image)
+        generator = self._generator
+        generator.points_per_batch = self._points_per_batch(*image.shape[:2])
+        records = generator.generate(image)
         return [
             RawMask(
                 mask=np.asarray(record["segmentation"], dtype=bool),
@@ -325,6 +417,16 @@ class SAM2Model:
             )
             for record in records
         ]
+
+    def _points_per_batch(self, height: int, width: int) -> int:
+        """SAM2's generator upsamples each batch's low-resolution logits to the full image; MEMORY_OPTIMIZATION
+        bounds that by batching fewer points on large images (the masks stay SAM2's own: same logits, same
+        interpolation, same threshold)."""
+        options = self.options
+        side = options.max_inference_side
+        if not options.memory_optimization or max(height, width) <= side:
+            return options.points_per_batch
+        return max(1, options.points_per_batch * side * side // (height * width))
 
     def _prompted(self, image: np.ndarray, prompts: Prompts) -> list[RawMask]:
         """Points describe one object (best of SAM's three guesses); each box gives one mask (points added)."""

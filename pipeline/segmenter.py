@@ -30,7 +30,6 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-import cv2
 import numpy as np
 
 from pipeline.errors import (
@@ -110,31 +109,12 @@ def validate_prompts(prompts: Prompts, width: int, height: int) -> None:
             )
 
 
-def inference_scale(width: int, height: int, settings: ModelSettings) -> float:
-    """MEMORY_OPTIMIZATION: the factor (<= 1) that brings the longest side down to max_inference_side."""
-    longest = max(width, height)
-    if not settings.memory_optimization or longest <= settings.max_inference_side:
-        return 1.0
-    return settings.max_inference_side / longest
-
-
-def scale_prompts(prompts: Prompts, sx: float, sy: float) -> Prompts:
-    """Map prompts from original-image to inference-image coordinates."""
-    if sx == 1.0 and sy == 1.0:
-        return prompts
-    return replace(
-        prompts,
-        points=tuple((x * sx, y * sy) for x, y in prompts.points),
-        boxes=tuple((x1 * sx, y1 * sy, x2 * sx, y2 * sy) for x1, y1, x2, y2 in prompts.boxes),
-    )
-
-
 @dataclass(slots=True)
 class _Job:
     """One image on its way through the engine (mutable working state, never leaves this module)."""
 
-    image: np.ndarray  # inference-size RGB
-    prompts: Prompts  # inference coordinates
+    image: np.ndarray  # RGB, full size: both models resize to their own input inside
+    prompts: Prompts
     params: SegmentParams  # resolved
     width: int
     height: int
@@ -165,6 +145,8 @@ class Segmenter:
                 points_per_batch=settings.sam2_points_per_batch,
                 pred_iou_thresh=settings.sam2_pred_iou_thresh,
                 stability_score_thresh=settings.sam2_stability_score_thresh,
+                memory_optimization=settings.memory_optimization,
+                max_inference_side=settings.max_inference_side,
             ),
             embeddings=EmbeddingCache(
                 max_bytes=settings.sam2_embedding_cache_mb * 2**20, max_entries=settings.sam2_embedding_cache_entries
@@ -240,11 +222,8 @@ class Segmenter:
             validate_prompts(prompts, width, height)
         except SegmentationError as exc:
             return exc
-        scale = inference_scale(width, height, self.settings)
-        if scale < 1.0:
-            size = (max(1, round(width * scale)), max(1, round(height * scale)))
-            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-            prompts = scale_prompts(prompts, size[0] / width, size[1] / height)
+        # No resizing here: FastSAM and SAM2 each resize to their own input size and give masks at full size
+        # (FastSAM's retina masks, SAM2's upsampled logits), so a resize before them would only change the answer.
         timings = {"preprocess": ms_since(started)}
         return _Job(np.ascontiguousarray(image), prompts, resolved, width, height, timings)
 
@@ -337,13 +316,12 @@ class Segmenter:
         """Exactly one record per prompt, in prompt order, each carrying its ``prompt_index``; a prompt without an
         answer (or whose mask is empty at the original size) gets an empty mask (area 0), so indices never shift."""
         started = time.perf_counter()
-        upscale = _mask_resizer(job.width, job.height, job.image.shape[1], job.image.shape[0])
         records = []
         for index, raw in enumerate(chosen):
             record = None
             if raw is not None:
                 record = build_mask_record(
-                    upscale(raw.mask),
+                    raw.mask,
                     predicted_iou=raw.predicted_iou,
                     stability_score=raw.stability_score,
                     max_contours=job.params.max_contours,
@@ -380,13 +358,12 @@ class Segmenter:
             job.records, job.answered_by = records, ModelName.SAM2
 
     def _records(self, job: _Job, masks: list[RawMask]) -> tuple[MaskRecord, ...]:
-        """Map masks back to the original size, clean, encode; best predicted_iou first."""
+        """Clean (when asked) and encode the models' full-size masks; best predicted_iou first."""
         started = time.perf_counter()
         records = []
-        upscale = _mask_resizer(job.width, job.height, job.image.shape[1], job.image.shape[0])
         for raw in masks:
             record = build_mask_record(
-                upscale(raw.mask),
+                raw.mask,
                 predicted_iou=raw.predicted_iou,
                 stability_score=raw.stability_score,
                 max_contours=job.params.max_contours,
@@ -431,17 +408,6 @@ def _empty_record(width: int, height: int, raw: RawMask | None) -> MaskRecord:
         predicted_iou=0.0 if raw is None else float(raw.predicted_iou),
         stability_score=0.0 if raw is None else float(raw.stability_score),
     )
-
-
-def _mask_resizer(width: int, height: int, inf_width: int, inf_height: int) -> Callable[[np.ndarray], np.ndarray]:
-    """Masks come back at inference size; bring them to the original size (bilinear, threshold at one half)."""
-    if (width, height) == (inf_width, inf_height):
-        return lambda mask: mask
-
-    def upscale(mask: np.ndarray) -> np.ndarray:
-        return cv2.resize(mask.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR) > 0.5
-
-    return upscale
 
 
 def _release_accelerator_memory() -> None:

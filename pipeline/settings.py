@@ -47,8 +47,12 @@ class ModelSettings(BaseSettings):
     mask_post_processing: bool = Field(True, description="remove specks and fill small holes in masks")
     min_region_area: int = Field(100, ge=0, description="specks/holes smaller than this many pixels are cleaned")
 
-    memory_optimization: bool = Field(True, description="downscale images larger than max_inference_side")
-    max_inference_side: int = Field(1024, ge=32, le=16384)
+    memory_optimization: bool = Field(
+        False,
+        description="bound SAM2's full-size mask logits on images whose longer side exceeds max_inference_side "
+        "(fewer points per batch); masks stay the models' own. Off: exactly what the models give, as called directly",
+    )
+    max_inference_side: int = Field(1024, ge=32, le=16384, description="the size above which memory_optimization acts")
 
     max_image_pixels: int = Field(50_000_000, ge=1, description="refuse images with more pixels than this")
     max_image_side: int = Field(16384, ge=1, description="refuse images with a side longer than this")

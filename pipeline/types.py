@@ -88,7 +88,7 @@ class SegmentationResult:
     """What the core returns for one image.
 
     timings_ms: per-stage wall time (e.g. "fastsam", "sam2", "postprocess"); width/height: the original
-    image; inference_width/height: the size the models saw (smaller when MEMORY_OPTIMIZATION downscaled).
+    image; inference_width/height: the size of the image the models were given (the original: nothing is downscaled).
     """
 
     masks: tuple[MaskRecord, ...]

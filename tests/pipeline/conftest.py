@@ -53,7 +53,7 @@ def model_settings(demo_checkpoints: tuple[Path, Path]) -> ModelSettings:
         max_contours=10,
         mask_post_processing=True,
         min_region_area=100,
-        memory_optimization=True,
+        memory_optimization=False,
         max_inference_side=1024,
     )
 

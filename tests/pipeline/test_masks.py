@@ -145,21 +145,39 @@ def test_rle_decodes_a_hand_written_record() -> None:
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("size", SIZES)
-def test_polygons_rasterize_back_to_the_mask(kind: str, size: int) -> None:
+def test_pycocotools_draws_the_polygons_back_as_the_mask(kind: str, size: int) -> None:
+    """COCO compatibility: pycocotools itself (frPyObjects + decode, not segpipe's helper) renders a solid shape's
+    polygon as the shape's pixels (the target is IoU >= 0.98 from 20 px up; the outline along pixel edges is exact)."""
     mask = draw(kind, size, seed=size + len(kind))
     polygons = mask_polygons(mask, max_contours=10)
     assert len(polygons) == 1
     assert all(len(p) >= 6 and len(p) % 2 == 0 for p in polygons)
-    assert iou(rasterize_polygons(polygons, H, W), mask) >= 0.98
+    rles = coco_mask.frPyObjects([list(p) for p in polygons], H, W)
+    drawn = coco_mask.decode(coco_mask.merge(rles)).astype(bool)
+    assert iou(drawn, mask) >= 0.98
+    np.testing.assert_array_equal(drawn, mask)
 
 
-def test_polygons_are_flat_xy_in_pixel_coordinates() -> None:
+def test_polygons_are_flat_xy_along_pixel_edges() -> None:
+    """COCO's coordinates: pixel [y, x] covers [x, x + 1] x [y, y + 1], so a box's outline runs one past its last
+    pixel (OpenCV's pixel-centre contours would lose half a pixel all round, and thin parts altogether)."""
     mask = np.zeros((H, W), bool)
     mask[100:201, 40:351] = True  # x 40..350, y 100..200 inclusive
     (polygon,) = mask_polygons(mask, max_contours=3)
-    xs, ys = polygon[0::2], polygon[1::2]
-    assert (min(xs), max(xs), min(ys), max(ys)) == (40.0, 350.0, 100.0, 200.0)
+    assert polygon == (40.0, 100.0, 40.0, 201.0, 351.0, 201.0, 351.0, 100.0)
     assert all(isinstance(v, float) for v in polygon)
+
+
+def test_polygons_are_ordered_by_pixels_not_outline_area() -> None:
+    """A thin ring encloses more area than a solid square but has fewer pixels: the square comes first."""
+    mask = np.zeros((200, 300), bool)
+    mask[10:110, 10:110] = True
+    mask[12:108, 12:108] = False  # ring: 100x100 outline, 784 pixels
+    mask[120:150, 150:180] = True  # solid 30x30: 900 pixels, 900 px of outline area
+    polygons = mask_polygons(mask, max_contours=10)
+    assert [int(rasterize_polygons([p], 200, 300).sum()) for p in polygons] == [900, 100 * 100]
+    (first,) = mask_polygons(mask, max_contours=1)
+    assert first == polygons[0]
 
 
 def test_polygons_keep_the_largest_contours_in_order_of_area() -> None:
@@ -208,8 +226,8 @@ def test_tiny_masks_give_valid_polygons(pixels: list[tuple[int, int]]) -> None:
     assert len(polygon) >= 6 and len(polygon) % 2 == 0
     points = np.array(polygon, np.float32).reshape(-1, 2)
     assert cv2.contourArea(points) > 0  # a real polygon, not a degenerate one
-    assert points[:, 0].min() >= -0.5 and points[:, 0].max() <= 12 - 0.5  # within the image's extent
-    assert points[:, 1].min() >= -0.5 and points[:, 1].max() <= 10 - 0.5
+    assert points[:, 0].min() >= 0 and points[:, 0].max() <= 12  # within the image's extent
+    assert points[:, 1].min() >= 0 and points[:, 1].max() <= 10
     np.testing.assert_array_equal(rasterize_polygons(polygons, 10, 12), mask)
 
 
@@ -235,8 +253,8 @@ def test_rasterize_gives_the_union_of_overlapping_polygons() -> None:
     b = (6.0, 6.0, 16.0, 6.0, 16.0, 16.0, 6.0, 16.0)
     out = rasterize_polygons([a, b], 20, 20)
     expected = np.zeros((20, 20), bool)
-    expected[2:13, 2:13] = True
-    expected[6:17, 6:17] = True
+    expected[2:12, 2:12] = True  # pixels whose squares lie inside [2, 12]
+    expected[6:16, 6:16] = True
     np.testing.assert_array_equal(out, expected)
 
 
@@ -357,7 +375,7 @@ def test_bbox_agrees_with_the_polygon_bounds(kind: str) -> None:
     (polygon,) = mask_polygons(mask, max_contours=1)
     x, y, w, h = mask_bbox(mask)
     xs, ys = polygon[0::2], polygon[1::2]
-    assert (min(xs), min(ys), max(xs), max(ys)) == (x, y, x + w, y + h)
+    assert (min(xs), min(ys), max(xs), max(ys)) == (x, y, x + w + 1, y + h + 1)  # polygons run along pixel edges
 
 
 # --- stability score ---------------------------------------------------------------------------------------------

@@ -17,26 +17,30 @@ from pipeline.errors import ModelUnavailableError
 from pipeline.models import FastSAMModel, SAM2Model, SAM2Options, configure_offline, infer_sam2_config
 
 # --------------------------------------------------------------------------------------------------------------------
-# SAM2 config from the checkpoint name
+# SAM2 config from the checkpoint's contents
+
+# (patch-embedding width, trunk blocks) of each Hiera size, as the package's configs build them.
+TRUNKS = {"t": (96, 12), "s": (96, 16), "b+": (112, 24), "l": (144, 48)}
 
 
-@pytest.mark.parametrize(
-    ("name", "config"),
-    [
-        ("sam2.1_hiera_tiny.pt", "configs/sam2.1/sam2.1_hiera_t.yaml"),
-        ("sam2.1_hiera_small.pt", "configs/sam2.1/sam2.1_hiera_s.yaml"),
-        ("sam2.1_hiera_base_plus.pt", "configs/sam2.1/sam2.1_hiera_b+.yaml"),
-        ("sam2.1_hiera_large.pt", "configs/sam2.1/sam2.1_hiera_l.yaml"),
-        ("sam2_hiera_large.pt", "configs/sam2/sam2_hiera_l.yaml"),
-        ("sam2_hiera_b+.pt", "configs/sam2/sam2_hiera_b+.yaml"),
-        ("sam2_hiera_tiny.pt", "configs/sam2/sam2_hiera_t.yaml"),
-        ("SAM2.1_Hiera_Tiny.pt", "configs/sam2.1/sam2.1_hiera_t.yaml"),
-        ("sam2.1_hiera_tiny-random.pt", "configs/sam2.1/sam2.1_hiera_t.yaml"),  # the demo checkpoint's name
-    ],
-)
-def test_infer_sam2_config_for_official_names(name: str, config: str) -> None:
-    """Official checkpoint names map to the hydra config shipped in the sam2 package."""
-    assert infer_sam2_config(Path("/models") / name) == config
+def fake_state_dict(size: str, *, v21: bool = True) -> dict[str, torch.Tensor]:
+    """Just the tensors config inference reads: the trunk's patch embedding and one entry per block."""
+    width, blocks = TRUNKS[size]
+    state = {"image_encoder.trunk.patch_embed.proj.weight": torch.empty(width, 3, 7, 7)}
+    state.update({f"image_encoder.trunk.blocks.{i}.norm1.weight": torch.empty(1) for i in range(blocks)})
+    if v21:
+        state["no_obj_embed_spatial"] = torch.empty(1, 64)
+    return state
+
+
+@pytest.mark.parametrize("size", list(TRUNKS))
+@pytest.mark.parametrize("v21", [True, False], ids=["sam2.1", "sam2"])
+@pytest.mark.parametrize("name", ["model.pt", "sam2.1_hiera_large_ft.pt", "sam2_hiera_tiny-ft.pt"])
+def test_sam2_config_comes_from_the_tensors(size: str, v21: bool, name: str) -> None:
+    """Width and block count pick the size, SAM2.1-only parameters the version; any file name, even a wrong one."""
+    family = "sam2.1" if v21 else "sam2"
+    config = infer_sam2_config(Path(name), fake_state_dict(size, v21=v21))
+    assert config == f"configs/{family}/{family}_hiera_{size}.yaml"
 
 
 def test_inferred_configs_exist_in_the_sam2_package() -> None:
@@ -44,17 +48,46 @@ def test_inferred_configs_exist_in_the_sam2_package() -> None:
     import sam2
 
     package = Path(sam2.__file__).parent
-    for name in ("sam2.1_hiera_tiny", "sam2.1_hiera_small", "sam2.1_hiera_base_plus", "sam2.1_hiera_large"):
-        assert (package / infer_sam2_config(Path(f"{name}.pt"))).is_file(), name
-    for name in ("sam2_hiera_tiny", "sam2_hiera_small", "sam2_hiera_b+", "sam2_hiera_large"):
-        assert (package / infer_sam2_config(Path(f"{name}.pt"))).is_file(), name
+    for size in TRUNKS:
+        for v21 in (True, False):
+            assert (package / infer_sam2_config(Path("x.pt"), fake_state_dict(size, v21=v21))).is_file()
 
 
-@pytest.mark.parametrize("name", ["model.pt", "sam2_hiera_huge.pt", "sam3_hiera_tiny.pt", "hiera_tiny.pt"])
-def test_infer_sam2_config_refuses_unknown_names(name: str) -> None:
-    """An unrecognised name is model_unavailable and points at SAM2_CONFIG, rather than guessing a config."""
+@pytest.mark.parametrize("name", ["sam2.1_hiera_large-ft.pt", "sam2.1_hiera_large_ft.pt", "sam2.1_hiera_l.pt"])
+def test_unknown_trunk_falls_back_to_the_name_hint(name: str) -> None:
+    """A trunk no config describes: the name (both fine-tune spellings) is the only hint left."""
+    state = fake_state_dict("l")
+    state["image_encoder.trunk.blocks.48.norm1.weight"] = torch.empty(1)
+    assert infer_sam2_config(Path(name), state) == "configs/sam2.1/sam2.1_hiera_l.yaml"
     with pytest.raises(ModelUnavailableError, match="SAM2_CONFIG"):
-        infer_sam2_config(Path(name))
+        infer_sam2_config(Path("model.pt"), state)
+
+
+def test_raw_state_dict_loads_like_the_official_format(tmp_path: Path, demo_checkpoints: tuple[Path, Path]) -> None:
+    """A bare state dict (no "model" key) loads and answers exactly as the official {"model": ...} file does."""
+    import numpy as np
+
+    from pipeline.types import Prompts
+
+    official = demo_checkpoints[1]
+    raw = tmp_path / "finetuned.pt"
+    torch.save(torch.load(official, map_location="cpu", weights_only=True)["model"], raw)
+    image = np.random.default_rng(0).integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    prompt = [Prompts(points=((40.0, 30.0),), point_labels=(1,))]
+    answers = [SAM2Model(path, "cpu", None, SAM2Options()).predict([image], prompt)[0] for path in (official, raw)]
+    assert [(m.mask.tobytes(), m.predicted_iou) for m in answers[0]] == [
+        (m.mask.tobytes(), m.predicted_iou) for m in answers[1]
+    ]
+
+
+@pytest.mark.parametrize(
+    "content", [{"weights": {}}, {"model": {"foo": torch.zeros(1)}}, [1, 2, 3]], ids=["no-model", "alien", "list"]
+)
+def test_foreign_files_are_refused_with_a_clear_message(tmp_path: Path, content: object) -> None:
+    path = tmp_path / "sam2.1_hiera_tiny.pt"
+    torch.save(content, path)
+    with pytest.raises(ModelUnavailableError, match="not a SAM2 checkpoint"):
+        SAM2Model(path, "cpu", None, SAM2Options()).load()
 
 
 # --------------------------------------------------------------------------------------------------------------------
