@@ -7,7 +7,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consumers.worker import OffsetTracker
+from consumers.offsets import OffsetTracker
 
 TP = ("in", 0)
 
