@@ -9,10 +9,16 @@ stored result also gets an alias keyed by the sha256 of the payload bytes as sen
 and fingerprint) pointing at its entry, and :meth:`DedupCache.lookup_payloads` resolves a whole batch of records in
 two Redis round trips. A miss there (alias absent or its entry expired) falls through to the pixel key.
 
-Two copies in flight at once: the first claims the key (``SET NX`` with a short TTL, kept alive by a heartbeat while
-its owner works); the second waits for the stored result for as long as the claim lives. A killed owner stops
-refreshing, its claim expires within REDIS_LOCK_TTL seconds, and the waiter claims the key itself. Redis unreachable:
-every call degrades to "no cache" (logged once per outage), so work goes on without dedup and nothing is lost.
+Two copies in flight at once: the first claims the key (``SET NX``; the claim's value names its owner: the worker id
+and this cache instance); the second waits for the stored result while the owner lives. Every cache instance keeps a
+liveness key (REDIS_LIVENESS_TTL, refreshed every REDIS_HEARTBEAT_INTERVAL by a background thread), so a waiter takes
+over a killed owner's claim as soon as that key is gone, not REDIS_LOCK_TTL later (the claim's own TTL remains the
+backstop for claims of unknown format). Releases are compare-and-delete (Lua): nobody ever deletes another's claim.
+
+Redis unreachable or hung: a circuit breaker opens after REDIS_BREAKER_FAILURES consecutive timeouts or connection
+errors; while open every call answers "no cache" at once (work goes on without dedup, nothing is lost), and the
+heartbeat thread probes Redis every REDIS_BREAKER_COOLDOWN seconds, closing the breaker when it answers. One log line
+when it opens, one when it closes.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import json
 import logging
 import threading
 import time
+import uuid
 from dataclasses import asdict
 from pathlib import Path
 
@@ -85,10 +92,100 @@ def payload_key(payload: bytes | str, prompts: Prompts, params: SegmentParams, f
     return f"{KEY_PREFIX}:payload:{digest}"
 
 
-class DedupCache:
-    """Stored results and in-flight claims in Redis, degrading to no-op while Redis is unreachable."""
+# Compare-and-delete / compare-and-expire / take-over: atomic on the server, so a claim changes hands only when the
+# caller's view of its owner is still true when Redis applies the change.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+_REFRESH = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+_TAKE_OVER = """
+if redis.call('GET', KEYS[1]) == ARGV[1] and redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0
+"""
 
-    def __init__(self, settings: RedisSettings, client: redis.Redis | None = None) -> None:
+# What a sick Redis raises: these count towards the breaker. Other RedisErrors (a wrong type, a script error) fail the
+# one call only.
+_OUTAGE = (redis.ConnectionError, redis.TimeoutError)
+
+
+def liveness_key(instance: str) -> str:
+    return f"{KEY_PREFIX}:alive:{instance}"
+
+
+def claim_owner_instance(token: str) -> str | None:
+    """The cache instance named by a claim's value (``worker@instance``); None for a claim of unknown format."""
+    _, sep, instance = token.rpartition("@")
+    return instance if sep and len(instance) == 32 and all(c in "0123456789abcdef" for c in instance) else None
+
+
+class CircuitBreaker:
+    """Closed (use Redis) or open (skip it) after ``failures`` consecutive outage errors; thread-safe, never blocks.
+
+    Callers only ask :attr:`is_open` and report outcomes; probing is left to one background thread (the cache's
+    heartbeat), so no request ever waits on a sick Redis to learn that it is still sick. (pybreaker holds its lock
+    across the wrapped call, serialising every decode thread behind one Redis round trip, and probes half-open on a
+    caller's thread: hence these few lines.)
+    """
+
+    def __init__(self, failures: int, cooldown: float) -> None:
+        self.failures = failures
+        self.cooldown = cooldown
+        self._lock = threading.Lock()
+        self._consecutive = 0
+        self._opened_at: float | None = None  # also the time of the last failed probe
+
+    @property
+    def is_open(self) -> bool:
+        return self._opened_at is not None
+
+    def probe_due(self) -> bool:
+        opened_at = self._opened_at
+        return opened_at is not None and time.monotonic() - opened_at >= self.cooldown
+
+    def success(self) -> None:
+        if self._consecutive == 0 and self._opened_at is None:
+            return
+        with self._lock:
+            self._consecutive = 0
+            if self._opened_at is not None:
+                self._opened_at = None
+                log.info("Redis answers again: dedup resumed")
+
+    def failure(self, what: str, exc: Exception) -> None:
+        with self._lock:
+            self._consecutive += 1
+            if self._opened_at is not None:
+                self._opened_at = time.monotonic()  # a failed probe: next one after another cool-down
+            elif self._consecutive >= self.failures:
+                self._opened_at = time.monotonic()
+                log.warning(
+                    "Redis unreachable (%s: %s): working without dedup, probing every %.0f s",
+                    what,
+                    exc,
+                    self.cooldown,
+                )
+            else:
+                log.debug("Redis call failed (%s: %s), %d in a row", what, exc, self._consecutive)
+
+
+class DedupCache:
+    """Stored results and in-flight claims in Redis, degrading to no-op while Redis is unreachable.
+
+    ``stop`` (the worker's stop event) ends every claim wait at once: the caller then computes the request itself, so
+    a stopping worker never sits out a peer's claim (its offset is stored only after the result is published, so a
+    record not finished before the process exits is redelivered: at least once either way).
+    """
+
+    def __init__(
+        self, settings: RedisSettings, client: redis.Redis | None = None, *, stop: threading.Event | None = None
+    ) -> None:
         self.settings = settings
         self.client = client or redis.Redis(
             host=settings.host,
@@ -97,64 +194,89 @@ class DedupCache:
             password=settings.password,
             socket_timeout=settings.socket_timeout,
             socket_connect_timeout=settings.socket_timeout,
-            # One immediate retry (a pooled connection gone stale when Redis restarted), no backoff: redis-py's
-            # default (3 retries, exponential backoff) spends ~4 s on every call while Redis is down, and these calls
-            # sit on the decode threads and the inference thread, so an outage would stall the whole worker.
-            retry=Retry(NoBackoff(), 1),
+            # One immediate retry after a connection error (a pooled connection gone stale when Redis restarted), no
+            # backoff, and none after a timeout: a hung Redis would cost two socket timeouts per call, and these calls
+            # sit on the decode threads and the inference thread.
+            retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
         )
-        self._healthy = True
+        self.instance = uuid.uuid4().hex  # this process's cache: claims name it, the heartbeat proves it alive
+        self.breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown)
+        self._stop = stop if stop is not None else threading.Event()
+        self._release = self.client.register_script(_RELEASE)
+        self._refresh = self.client.register_script(_REFRESH)
+        self._take_over = self.client.register_script(_TAKE_OVER)
         self._lock = threading.Lock()
-        self._held: set[str] = set()  # claim keys this process owns and keeps alive
-        self._heartbeat_stop = threading.Event()
-        self._heartbeat = threading.Thread(target=self._refresh_claims, name="segpipe-claims", daemon=True)
+        self._held: dict[str, str] = {}  # claim key -> our token: the claims this process keeps alive
+        self._closed = threading.Event()
+        self._beat()  # alive before the first claim
+        self._heartbeat = threading.Thread(target=self._heartbeat_loop, name="segpipe-liveness", daemon=True)
         self._heartbeat.start()
 
+    @property
+    def liveness_key(self) -> str:
+        return liveness_key(self.instance)
+
+    def token(self, owner: str) -> str:
+        """The value of a claim by ``owner`` (the worker id) through this cache instance."""
+        return f"{owner}@{self.instance}"
+
     def close(self) -> None:
-        """Stop the claim heartbeat (claims still held expire by themselves)."""
-        self._heartbeat_stop.set()
+        """Stop the heartbeat and drop the liveness key: peers take over claims still held here at once."""
+        self._closed.set()
+        self._heartbeat.join(timeout=self.settings.socket_timeout + 1)
+        if self.breaker.is_open:
+            return
+        try:
+            self.client.delete(self.liveness_key)
+        except redis.RedisError as exc:
+            log.debug("liveness key not deleted: %s", exc)
 
-    def _refresh_claims(self) -> None:
-        """Extend our claims every third of their TTL, so only a dead owner's claim expires."""
-        interval = max(0.2, self.settings.lock_ttl / 3)
-        while not self._heartbeat_stop.wait(interval):
-            with self._lock:
-                held = list(self._held)
-            if not held:
-                continue
-            try:
-                pipe = self.client.pipeline(transaction=False)
-                for claim_key in held:
-                    pipe.expire(claim_key, self.settings.lock_ttl)
-                pipe.execute()
-            except redis.RedisError as exc:
-                self._failed("refresh", exc)
+    # -- liveness and probing (the heartbeat thread) ---------------------------------------------------------------
+    def _heartbeat_loop(self) -> None:
+        while not self._closed.wait(self.settings.heartbeat_interval):
+            if self.breaker.is_open and not self.breaker.probe_due():
+                continue  # while open, one probe per cool-down
+            self._beat()
 
+    def _beat(self) -> None:
+        """Refresh our liveness key and our claims; doubles as the breaker's probe."""
+        with self._lock:
+            held = list(self._held.items())
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.set(self.liveness_key, "1", px=int(self.settings.liveness_ttl * 1000))
+            for claim_key, token in held:
+                self._refresh(keys=[claim_key], args=[token, self.settings.lock_ttl * 1000], client=pipe)
+            pipe.execute()
+        except _OUTAGE as exc:
+            self.breaker.failure("heartbeat", exc)
+        except redis.RedisError as exc:
+            log.warning("liveness heartbeat failed: %s", exc)
+        else:
+            self.breaker.success()
+
+    # -- calls ------------------------------------------------------------------------------------------------------
     @property
     def healthy(self) -> bool:
-        """False while the last Redis call failed (dedup is off until one succeeds again)."""
-        return self._healthy
+        """False while the breaker is open (dedup is off until a probe gets an answer)."""
+        return not self.breaker.is_open
 
-    def _failed(self, what: str, exc: Exception) -> None:
-        with self._lock:
-            if self._healthy:
-                log.warning("Redis unreachable (%s: %s): working without dedup until it returns", what, exc)
-            self._healthy = False
-
-    def _ok(self) -> None:
-        if not self._healthy:
-            with self._lock:
-                if not self._healthy:
-                    log.info("Redis is back: dedup resumed")
-                self._healthy = True
+    def _failed(self, what: str, exc: redis.RedisError) -> None:
+        if isinstance(exc, _OUTAGE):
+            self.breaker.failure(what, exc)
+        else:
+            log.warning("Redis %s failed: %s", what, exc)
 
     def get(self, key: str) -> bytes | None:
         """The stored result, or None (absent, or Redis unreachable)."""
+        if self.breaker.is_open:
+            return None
         try:
             value = self.client.get(key)
         except redis.RedisError as exc:
             self._failed("get", exc)
             return None
-        self._ok()
+        self.breaker.success()
         return value
 
     def lookup_payloads(self, aliases: list[str]) -> list[bytes | None]:
@@ -162,6 +284,8 @@ class DedupCache:
         the whole batch, one to resolve the aliases and one to read their entries."""
         if not aliases:
             return []
+        if self.breaker.is_open:
+            return [None] * len(aliases)
         try:
             targets = self.client.mget(aliases)
             wanted = [target.decode() for target in targets if target is not None]
@@ -169,80 +293,111 @@ class DedupCache:
         except redis.RedisError as exc:
             self._failed("mget", exc)
             return [None] * len(aliases)
-        self._ok()
+        self.breaker.success()
         return [None if target is None else next(values) for target in targets]
+
+    def _try_claim(self, key: str, owner: str) -> bool | None:
+        """True: claimed (or taken over from a dead owner); False: a live owner holds it; None: Redis failed."""
+        claim_key, token = f"{key}:claim", self.token(owner)
+        lock_ttl_ms = self.settings.lock_ttl * 1000
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.set(claim_key, token, nx=True, px=lock_ttl_ms)
+            pipe.get(claim_key)
+            claimed, current = pipe.execute()
+            if not claimed and current is not None and current.decode() != token:
+                holder = current.decode(errors="replace")
+                instance = claim_owner_instance(holder)
+                if instance is not None:
+                    args = [current, token, lock_ttl_ms]
+                    claimed = self._take_over(keys=[claim_key, liveness_key(instance)], args=args)
+                    if claimed:
+                        log.info("took over the claim on %s: its owner %s is not alive", key, holder)
+        except redis.RedisError as exc:
+            self._failed("claim", exc)
+            return None
+        self.breaker.success()
+        if claimed:
+            with self._lock:
+                self._held[claim_key] = token
+        return bool(claimed)
 
     def claim(self, key: str, owner: str) -> bool:
         """Try to become the one who segments this key. True also when Redis is down (then nobody coordinates)."""
-        try:
-            claimed = self.client.set(f"{key}:claim", owner, nx=True, ex=self.settings.lock_ttl)
-        except redis.RedisError as exc:
-            self._failed("claim", exc)
+        if self.breaker.is_open:
             return True
-        self._ok()
-        if claimed:
-            with self._lock:
-                self._held.add(f"{key}:claim")
-        return bool(claimed)
+        return self._try_claim(key, owner) is not False
 
     def lookup_or_claim(self, key: str, owner: str, *, timeout: float, interval: float = 0.05) -> bytes | None:
-        """The stored result, or None when the caller must compute it (it then holds the claim, or Redis is down).
+        """The stored result, or None when the caller must compute it (it then holds the claim, or Redis is down, or
+        the worker is stopping).
 
-        While another worker's claim lives, wait for its result. Every successful claim re-reads the result first,
-        so a result stored between our read and our claim is served, not recomputed. After ``timeout`` seconds a
-        live but stuck peer is no longer waited for: the caller computes too (a bounded duplicate, never a loss).
+        While a live owner's claim stands, wait for its result; a dead owner's claim is taken over at once. Every
+        successful claim re-reads the result first, so a result stored between our read and our claim is served, not
+        recomputed. After ``timeout`` seconds a live but stuck peer is no longer waited for: the caller computes too
+        (a bounded duplicate, never a loss).
         """
         deadline = time.monotonic() + timeout
         while True:
+            if self.breaker.is_open:
+                return None
             value = self.get(key)
-            if value is not None or not self._healthy:
+            if value is not None:
                 return value
-            if self.claim(key, owner):
+            claimed = self._try_claim(key, owner)
+            if claimed is None:  # Redis failed: compute without dedup
+                return None
+            if claimed:
                 value = self.get(key)
                 if value is not None:
                     self.release(key, owner)
                 return value
-            if time.monotonic() >= deadline:
+            if time.monotonic() >= deadline or self._stop.wait(interval):
                 return None
-            time.sleep(interval)
 
     def put(self, key: str, value: bytes, owner: str, *, aliases: tuple[str, ...] = ()) -> None:
-        """Store a result for REDIS_TTL seconds, point ``aliases`` (payload keys) at it, and drop our claim."""
+        """Store a result for REDIS_TTL seconds, point ``aliases`` (payload keys) at it, and drop our claim (only
+        ours: a claim taken over meanwhile stays with its new owner)."""
+        claim_key = self._forget(key)
+        if self.breaker.is_open:
+            return
         try:
             pipe = self.client.pipeline()
             pipe.set(key, value, ex=self.settings.ttl)
             for alias in aliases:
                 pipe.set(alias, key, ex=self.settings.ttl)
-            pipe.delete(f"{key}:claim")
+            self._release(keys=[claim_key], args=[self.token(owner)], client=pipe)
             pipe.execute()
         except redis.RedisError as exc:
             self._failed("put", exc)
             return
-        finally:
-            self._forget(key)
-        self._ok()
+        self.breaker.success()
 
     def alias(self, alias: str, key: str) -> None:
         """Point a payload alias at a stored entry (best effort: a missing alias only costs a decode)."""
+        if self.breaker.is_open:
+            return
         try:
             self.client.set(alias, key, ex=self.settings.ttl)
         except redis.RedisError as exc:
             self._failed("alias", exc)
             return
-        self._ok()
+        self.breaker.success()
 
-    def _forget(self, key: str) -> None:
+    def _forget(self, key: str) -> str:
+        claim_key = f"{key}:claim"
         with self._lock:
-            self._held.discard(f"{key}:claim")
+            self._held.pop(claim_key, None)
+        return claim_key
 
     def release(self, key: str, owner: str) -> None:
-        """Drop our claim without a result (the request failed), so a peer may try."""
-        self._forget(key)
+        """Drop our claim without a result (the request failed or was handed back), so a peer may try at once."""
+        claim_key = self._forget(key)
+        if self.breaker.is_open:
+            return
         try:
-            claim_key = f"{key}:claim"
-            if self.client.get(claim_key) == owner.encode():
-                self.client.delete(claim_key)
+            self._release(keys=[claim_key], args=[self.token(owner)])
         except redis.RedisError as exc:
             self._failed("release", exc)
             return
-        self._ok()
+        self.breaker.success()

@@ -131,6 +131,19 @@ class RedisSettings(BaseSettings):
     lock_ttl: int = Field(30, ge=1, description="seconds an unrefreshed in-flight claim lives (owner died)")
     max_wait: float = Field(600.0, gt=0, description="most seconds a repeat waits for a live peer's result")
     socket_timeout: float = Field(2.0, gt=0)
+    liveness_ttl: float = Field(
+        5.0,
+        gt=0,
+        description="seconds a worker's liveness key outlives its last heartbeat: a claim whose owner's key is gone "
+        "is taken over at once (a killed worker's claims wait this long, not REDIS_LOCK_TTL)",
+    )
+    heartbeat_interval: float = Field(1.0, gt=0, description="seconds between liveness heartbeats (< liveness_ttl)")
+    breaker_failures: int = Field(
+        3, ge=1, description="consecutive Redis timeouts or connection errors that open the circuit breaker"
+    )
+    breaker_cooldown: float = Field(
+        5.0, gt=0, description="seconds the open breaker skips Redis (no dedup) before a background probe"
+    )
 
     @property
     def url(self) -> str:

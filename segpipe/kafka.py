@@ -13,18 +13,22 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from segpipe.config import KafkaSettings
 
 log = logging.getLogger(__name__)
+# librdkafka's own log lines (e.g. "%3|FAIL|...") go through Python logging instead of straight to stderr, so the
+# handlers' filters (segpipe.logs rate-limits repeated warnings) and LOG_FORMAT apply to them too.
+client_log = logging.getLogger("segpipe.kafka.librdkafka")
 
 Headers = list[tuple[str, bytes | None]]
 
 
 def make_producer(settings: KafkaSettings, **overrides: Any) -> Producer:
     """An idempotent producer (acks=all) sized for images."""
-    return Producer({**settings.producer_config(), "error_cb": _log_client_error, **overrides})
+    return Producer({**settings.producer_config(), "error_cb": _log_client_error, "logger": client_log, **overrides})
 
 
 def make_consumer(settings: KafkaSettings, group_id: str | None = None, **overrides: Any) -> Consumer:
     """A group member that stores offsets only when told (enable.auto.offset.store=False)."""
-    return Consumer({**settings.consumer_config(group_id), "error_cb": _log_client_error, **overrides})
+    config = {**settings.consumer_config(group_id), "error_cb": _log_client_error, "logger": client_log}
+    return Consumer({**config, **overrides})
 
 
 def resume_now(consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -46,7 +50,7 @@ def resume_now(consumer: Consumer, partitions: list[TopicPartition]) -> None:
 
 
 def make_admin(settings: KafkaSettings) -> AdminClient:
-    return AdminClient(settings.client_config())
+    return AdminClient({**settings.client_config(), "logger": client_log})
 
 
 def ensure_topics(
@@ -99,5 +103,8 @@ def _log_client_error(error: KafkaError) -> None:
     """librdkafka reports transport trouble here; it reconnects by itself, so log rather than raise."""
     if error.fatal():
         log.critical("fatal Kafka client error: %s", error)
+    elif error.code() == KafkaError._TRANSPORT:
+        # The same failure librdkafka's own FAIL line (segpipe.kafka.librdkafka) already reports: once is enough.
+        log.debug("Kafka client error: %s", error)
     else:
         log.warning("Kafka client error: %s", error)

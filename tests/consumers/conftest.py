@@ -72,8 +72,9 @@ def dedup_cache(redis_server: LocalRedis, redis_client: redis.Redis) -> Iterator
 
 @pytest.fixture
 def unreachable_cache() -> Iterator[DedupCache]:
-    """A DedupCache pointed at a port nothing listens on: every call fails fast (0.2 s socket timeout)."""
-    cache = DedupCache(RedisSettings(host="127.0.0.1", port=1, socket_timeout=0.2))
+    """A DedupCache pointed at a port nothing listens on: every call fails fast (0.2 s socket timeout), and the first
+    failure opens the circuit breaker."""
+    cache = DedupCache(RedisSettings(host="127.0.0.1", port=1, socket_timeout=0.2, breaker_failures=1))
     try:
         yield cache
     finally:
