@@ -163,7 +163,10 @@ class MetricsServer:
         handler = _handler(source, metrics)
         self.server = ThreadingHTTPServer((host, port), handler)
         self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, name="segpipe-metrics", daemon=True)
+        # A short poll interval: stop() waits for the serving loop to notice, 0.5 s by default.
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, name="segpipe-metrics", daemon=True
+        )
 
     @property
     def port(self) -> int:
