@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from consumers import backpressure
 from consumers.batcher import MicroBatcher
@@ -134,16 +135,38 @@ class Worker:
 
     def run(self) -> WorkerState:
         """Consume until :meth:`stop` (or SIGTERM/SIGINT when run on the main thread); returns the final state."""
-        kafka, worker, lifecycle = self.settings.kafka, self.settings.worker, self.lifecycle
+        kafka, lifecycle = self.settings.kafka, self.lifecycle
         lifecycle.install_signal_handlers()
         self.segmenter.warm_up()
         if lifecycle.is_stopping:  # stopped while the models loaded
             return self.snapshot()
-        limits = backpressure.Limits(self.max_in_flight, worker.max_workers)
+        pipeline = self._build()
+        self._loop, self._decode = pipeline.loop, pipeline.decode
+        try:
+            pipeline.start()
+            self.running = True
+            self.started.set()
+            log.info("worker %s consuming %s as group %s", self.processor.worker_id, kafka.input_topic, kafka.group_id)
+            while not lifecycle.is_stopping:
+                self.consumed += pipeline.turn()
+        finally:
+            lifecycle.stop()  # also after an unexpected error: the same bounded path
+            self.lingering = pipeline.shut_down()
+            self._close_cache()
+            self.started.clear()
+            self.running = False
+            log.info(
+                "worker %s stopped: consumed %d, published %d", self.processor.worker_id, self.consumed, self.published
+            )
+        return self.snapshot()
+
+    def _build(self) -> _Pipeline:
+        """The stages and their hand-offs."""
+        kafka, worker, lifecycle = self.settings.kafka, self.settings.worker, self.lifecycle
         sink = ResultSink(make_producer(kafka), kafka, self.codec, published=self._published)
         outbox = Outbox(self.tracker, sink)
         model: MicroBatcher | None = None
-        decode = self._decode = DecodeStage(
+        decode = DecodeStage(
             self.processor,
             lifecycle,
             threads=worker.max_workers,
@@ -160,7 +183,7 @@ class Worker:
             finish=decode.leave_model_path,
             ours=self._ours,
         )
-        loop = self._loop = ConsumerLoop(
+        loop = ConsumerLoop(
             lambda **callbacks: make_consumer(kafka, **callbacks, **self._consumer_overrides),
             kafka,
             self.tracker,
@@ -172,83 +195,98 @@ class Worker:
             drain=outbox.drain,
             hand_back=decode.hand_back,
         )
-        decode.start()
-        model.start()
-        try:
-            loop.subscribe()
-            self.running = True
-            self.started.set()
-            log.info("worker %s consuming %s as group %s", self.processor.worker_id, kafka.input_topic, kafka.group_id)
-            while not lifecycle.is_stopping:
-                outbox.pump()
-                decode.feed()
-                loop.commit_stored(limits.max_in_flight)
-                in_flight = self.tracker.count()
-                loop.pause(backpressure.should_pause(loop.paused, in_flight, decode.backlog, limits))
-                answer_due = loop.commit_due or not outbox.empty()
-                timeout = backpressure.poll_timeout(in_flight, decode.active + decode.backlog, answer_due)
-                records = loop.poll(backpressure.fetch_size(in_flight, limits, CONSUME_BATCH), timeout)
-                for record in records:
-                    self.tracker.add((record.topic, record.partition), record.offset)
-                self.consumed += len(records)
-                decode.submit(records)
-        finally:
-            self._shut_down(loop, decode, model, outbox, sink)
-        return self.snapshot()
+        limits = backpressure.Limits(self.max_in_flight, worker.max_workers)
+        return _Pipeline(lifecycle, self.tracker, limits, loop, decode, model, outbox, sink)
 
-    def _shut_down(
-        self, loop: ConsumerLoop, decode: DecodeStage, model: MicroBatcher, outbox: Outbox, sink: ResultSink
-    ) -> None:
-        """Every phase shares the one deadline: drain, flush, close, join."""
-        lifecycle = self.lifecycle
-        lifecycle.stop()  # also after an unexpected error: the same bounded path
-        log.info("stopping: up to %.1f s to finish in-flight work", lifecycle.remaining())
-        decode.hand_back(None)
-        if not outbox.drain(None, lifecycle.deadline):
-            log.warning("handing back %d unfinished records at the shutdown deadline", self.tracker.owed())
-        model.close()
-        decode.close()
-        undelivered = sink.flush(lifecycle.remaining())
-        if undelivered:
-            log.warning("%d messages not delivered by the deadline: their records stay uncommitted", undelivered)
-        loop.close()
-        self.lingering = model.join(lifecycle.deadline) + decode.join(lifecycle.deadline)
-        if self._own_cache and self.processor.cache is not None:
-            # Drops our liveness key so peers take over claims we still hold at once; against a hung Redis that
-            # is a socket timeout or two, so it gets what is left of the deadline and no more.
-            closer = threading.Thread(target=self.processor.cache.close, name="segpipe-cache-close", daemon=True)
-            closer.start()
-            closer.join(max(lifecycle.remaining(), CACHE_CLOSE_S))
-            self.lingering += [closer.name] if closer.is_alive() else []
-        self.started.clear()
-        self.running = False
-        log.info(
-            "worker %s stopped: consumed %d, published %d", self.processor.worker_id, self.consumed, self.published
-        )
+    def _close_cache(self) -> None:
+        """Drop our liveness key so peers take over claims we still hold at once. Against a hung Redis that is a
+        socket timeout or two, so it gets what is left of the deadline (at least CACHE_CLOSE_S) and no more."""
+        if not self._own_cache or self.processor.cache is None:
+            return
+        closer = threading.Thread(target=self.processor.cache.close, name="segpipe-cache-close", daemon=True)
+        closer.start()
+        closer.join(max(self.lifecycle.remaining(), CACHE_CLOSE_S))
+        self.lingering += [closer.name] if closer.is_alive() else []
 
     def _ours(self, record: InboundRecord) -> bool:
         return self.tracker.is_pending((record.topic, record.partition), record.offset)
 
     def _published(self, outcome: Outcome) -> None:
         """Every message of ``outcome`` is delivered: account it and store its offset (poll-loop thread)."""
-        record, result = outcome.record, outcome.result
+        record = outcome.record
         self.published += 1
-        log.log(
-            logging.DEBUG if result.cached else logging.INFO,  # repeats can come by the thousand per second
-            "result %s: %s model=%s fallback=%s masks=%d cached=%s",
-            result.request_id,
-            result.status,
-            result.model,
-            result.fallback_reason,
-            len(result.masks),
-            result.cached,
-            extra={"request_id": result.request_id, "partition": record.partition, "offset": record.offset},
-        )
+        _log_result(outcome)
         if self.on_outcome is not None:
             self.on_outcome(outcome)
         next_offset = self.tracker.done((record.topic, record.partition), record.offset)
         if next_offset is not None and self._loop is not None:
             self._loop.store(record, next_offset)
+
+
+def _log_result(outcome: Outcome) -> None:
+    result, record = outcome.result, outcome.record
+    log.log(
+        logging.DEBUG if result.cached else logging.INFO,  # repeats can come by the thousand per second
+        "result %s: %s model=%s fallback=%s masks=%d cached=%s",
+        result.request_id,
+        result.status,
+        result.model,
+        result.fallback_reason,
+        len(result.masks),
+        result.cached,
+        extra={"request_id": result.request_id, "partition": record.partition, "offset": record.offset},
+    )
+
+
+@dataclass(slots=True)
+class _Pipeline:
+    """One run's stages, wired: a turn of the poll loop, and the shutdown sequence."""
+
+    lifecycle: Lifecycle
+    tracker: OffsetTracker
+    limits: backpressure.Limits
+    loop: ConsumerLoop
+    decode: DecodeStage
+    model: MicroBatcher
+    outbox: Outbox
+    sink: ResultSink
+
+    def start(self) -> None:
+        self.decode.start()
+        self.model.start()
+        self.loop.subscribe()
+
+    def turn(self) -> int:
+        """Publish what finished, feed the model path, commit, pace, poll and hand the records on; how many."""
+        loop, decode, outbox, limits = self.loop, self.decode, self.outbox, self.limits
+        outbox.pump()
+        decode.feed()
+        loop.commit_stored(limits.max_in_flight)
+        in_flight = self.tracker.count()
+        loop.pause(backpressure.should_pause(loop.paused, in_flight, decode.backlog, limits))
+        answer_due = loop.commit_due or not outbox.empty()
+        timeout = backpressure.poll_timeout(in_flight, decode.active + decode.backlog, answer_due)
+        records = loop.poll(backpressure.fetch_size(in_flight, limits, CONSUME_BATCH), timeout)
+        for record in records:
+            self.tracker.add((record.topic, record.partition), record.offset)
+        decode.submit(records)
+        return len(records)
+
+    def shut_down(self) -> list[str]:
+        """Every phase shares the one deadline: hand back, drain, flush, close, join. The names of the stage threads
+        still busy at the deadline (inside the model)."""
+        lifecycle = self.lifecycle
+        log.info("stopping: up to %.1f s to finish in-flight work", lifecycle.remaining())
+        self.decode.hand_back(None)
+        if not self.outbox.drain(None, lifecycle.deadline):
+            log.warning("handing back %d unfinished records at the shutdown deadline", self.tracker.owed())
+        self.model.close()
+        self.decode.close()
+        undelivered = self.sink.flush(lifecycle.remaining())
+        if undelivered:
+            log.warning("%d messages not delivered by the deadline: their records stay uncommitted", undelivered)
+        self.loop.close()  # commits what is stored and leaves the group; its revocation waits no further
+        return self.model.join(lifecycle.deadline) + self.decode.join(lifecycle.deadline)
 
 
 def main(argv: list[str] | None = None) -> None:
