@@ -11,6 +11,7 @@ import logging
 import queue
 import time
 
+from consumers.lifecycle import Lifecycle
 from consumers.offsets import OffsetTracker, TopicPartitionKey
 from consumers.processor import InboundRecord, Outcome
 from consumers.sink import ResultSink
@@ -23,9 +24,10 @@ DRAIN_POLL_S = 0.02  # delivery-callback wait per drain turn
 class Outbox:
     """Finished work waiting for the poll loop."""
 
-    def __init__(self, tracker: OffsetTracker, sink: ResultSink) -> None:
+    def __init__(self, tracker: OffsetTracker, sink: ResultSink, lifecycle: Lifecycle) -> None:
         self._tracker = tracker
         self._sink = sink
+        self._lifecycle = lifecycle
         self._finished: queue.SimpleQueue[tuple[InboundRecord, Outcome | None]] = queue.SimpleQueue()
 
     def put(self, record: InboundRecord, outcome: Outcome | None) -> None:
@@ -56,9 +58,12 @@ class Outbox:
 
     def drain(self, partitions: set[TopicPartitionKey] | None, deadline: float) -> bool:
         """Publish until no record of ``partitions`` (all when None) is owed by a stage, or ``deadline`` (monotonic)
-        passes; True when none is left."""
-        while self._tracker.owed(partitions) > 0 and time.monotonic() < deadline:
+        passes, or the shutdown deadline (a stop during a revocation's drain cuts it short); True when none is left."""
+        while self._tracker.owed(partitions) > 0:
+            left = min(deadline, self._lifecycle.deadline) - time.monotonic()
+            if left <= 0:
+                break
             self.pump()
-            self._sink.poll(min(DRAIN_POLL_S, max(0.0, deadline - time.monotonic())))
+            self._sink.poll(min(DRAIN_POLL_S, left))
         self.pump()
         return self._tracker.owed(partitions) == 0

@@ -164,7 +164,7 @@ class Worker:
         """The stages and their hand-offs."""
         kafka, worker, lifecycle = self.settings.kafka, self.settings.worker, self.lifecycle
         sink = ResultSink(make_producer(kafka), kafka, self.codec, published=self._published)
-        outbox = Outbox(self.tracker, sink)
+        outbox = Outbox(self.tracker, sink, lifecycle)
         model: MicroBatcher | None = None
         decode = DecodeStage(
             self.processor,
