@@ -128,7 +128,9 @@ class RedisSettings(BaseSettings):
     password: str | None = None
     ttl: int = Field(86_400, ge=1, description="seconds a stored result is kept")
     enabled: bool = True
-    lock_ttl: int = Field(30, ge=1, description="seconds an unrefreshed in-flight claim lives (owner died)")
+    lock_ttl: int = Field(
+        30, ge=1, description="seconds an unrefreshed in-flight claim lives: the backstop behind REDIS_LIVENESS_TTL"
+    )
     max_wait: float = Field(600.0, gt=0, description="most seconds a repeat waits for a live peer's result")
     socket_timeout: float = Field(2.0, gt=0)
     liveness_ttl: float = Field(
@@ -142,7 +144,7 @@ class RedisSettings(BaseSettings):
         3, ge=1, description="consecutive Redis timeouts or connection errors that open the circuit breaker"
     )
     breaker_cooldown: float = Field(
-        5.0, gt=0, description="seconds the open breaker skips Redis (no dedup) before a background probe"
+        2.0, gt=0, description="seconds the open breaker skips Redis (no dedup) between background probes"
     )
 
     @property

@@ -77,7 +77,11 @@ def test_redis_outage_mid_stream_loses_nothing_and_dedup_resumes(
     finally:
         redis_server.restart()
 
-    # Redis back (empty: no persistence): an image segmented now is stored, and its repeat is a cache hit.
+    # Redis back (empty: no persistence): once the breaker's background probe has found it (within
+    # REDIS_BREAKER_COOLDOWN), an image segmented now is stored, and its repeat is a cache hit.
+    deadline = time.monotonic() + 30
+    while "dedup resumed" not in worker.log() and time.monotonic() < deadline:
+        time.sleep(0.1)
     publisher.send_all([avro_record("back-0", image(200))])
     results.wait_request_ids(["back-0"], timeout=120)
     publisher.send_all([avro_record("back-rep-0", image(200))])
