@@ -55,7 +55,8 @@ class MicroBatcher:
 
     def join(self, deadline: float) -> list[str]:
         """Wait for the thread until ``deadline`` (monotonic); its name if still busy (inside the model)."""
-        self._thread.join(max(0.0, deadline - time.monotonic()))
+        if self._thread.ident is not None:  # started
+            self._thread.join(max(0.0, deadline - time.monotonic()))
         return [self._thread.name] if self._thread.is_alive() else []
 
     def _run(self) -> None:

@@ -147,7 +147,9 @@ class ConsumerLoop:
         if not self._drain(revoked, deadline):
             unfinished = self.tracker.owed(revoked)
             log.warning("handing back %d unfinished records of %s", unfinished, sorted(revoked))
-        if not self._lifecycle.is_stopping:  # when stopping, close() commits right after this callback
+        # With enable.auto.commit librdkafka also commits the stored offsets of revoked partitions itself (librdkafka
+        # #1647); when stopping that one commit is enough: close() must not wait on the broker a second time.
+        if not self._lifecycle.is_stopping:
             try:
                 consumer.commit(asynchronous=False)
             except KafkaException as exc:  # e.g. ILLEGAL_GENERATION mid-rebalance, or nothing stored yet

@@ -80,9 +80,10 @@ class DecodeStage:
 
     def join(self, deadline: float) -> list[str]:
         """Wait for the threads until ``deadline`` (monotonic); the names of those still busy."""
-        for thread in self._threads:
+        started = [thread for thread in self._threads if thread.ident is not None]
+        for thread in started:
             thread.join(max(0.0, deadline - time.monotonic()))
-        return [thread.name for thread in self._threads if thread.is_alive()]
+        return [thread.name for thread in started if thread.is_alive()]
 
     def _serve(self) -> None:
         while (task := self._tasks.get()) is not None:
