@@ -126,8 +126,11 @@ class ConsumerLoop:
     # -- callbacks, served inside poll() and close() on this thread ------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.assigned |= {(tp.topic, tp.partition) for tp in partitions}
-        if self.paused and partitions:
-            consumer.pause(partitions)
+        # librdkafka keeps a partition's pause across a revocation or loss and a new assignment (confluent-kafka-go
+        # #193): one paused before it was lost would come back paused while this loop believes it fetches. So each
+        # assigned partition is set to the loop's state explicitly.
+        if partitions:
+            (consumer.pause if self.paused else consumer.resume)(partitions)
         self.ready.set()
         log.info("assigned %s", sorted(self.assigned))
 
