@@ -1,8 +1,9 @@
 """Prometheus metrics and health endpoints of a worker.
 
 Everything is derived from what the worker already knows — each published outcome (model, fallback, cache hit,
-error code, per-stage timings, batch size) and its live state (records in flight, assignment, last poll) — so the
-processing code stays free of metrics calls. One small HTTP server (``METRICS_PORT``, default 9100) serves:
+error code, per-stage timings, batch size) and a snapshot of its live state (:class:`consumers.state.WorkerState`:
+records in flight, assignment, last poll) — so the processing code stays free of metrics calls, and this module
+never reaches into the worker. One small HTTP server (``METRICS_PORT``, default 9100) serves:
 
 - ``/metrics``: Prometheus text format;
 - ``/health/live``: 200 while the poll loop is turning (a stuck loop means the group will evict us);
@@ -14,22 +15,30 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from consumers.state import StateSource, WorkerState
+
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from consumers.processor import Outcome
-    from consumers.worker import Worker
 
 _STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 _STAGES = ("decode", "dedup", "queue", "preprocess", "fastsam", "sam2", "postprocess")
+
+
+class Observable(StateSource, Protocol):
+    """What :meth:`WorkerMetrics.attach` needs: an outcome hook and a state snapshot (the worker has both)."""
+
+    on_outcome: Callable[[Outcome], None] | None
 
 
 class WorkerMetrics:
@@ -73,11 +82,9 @@ class WorkerMetrics:
             buckets=_BATCH_BUCKETS,
             registry=self.registry,
         )
-        self._worker: Worker | None = None
 
-    def attach(self, worker: Worker) -> None:
-        """Observe ``worker``: its outcomes feed the counters, its live state the gauges."""
-        self._worker = worker
+    def attach(self, worker: Observable) -> None:
+        """Observe ``worker``: its outcomes feed the counters, its state snapshots the gauges."""
         previous = worker.on_outcome
 
         def observe(outcome: Outcome) -> None:
@@ -114,52 +121,52 @@ class WorkerMetrics:
 
 
 class _LiveState(Collector):
-    """Gauges read at scrape time from the worker itself (no bookkeeping to drift)."""
+    """Gauges read at scrape time from one state snapshot (no bookkeeping to drift)."""
 
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
+    def __init__(self, source: StateSource) -> None:
+        self.source = source
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        worker = self.worker
+        state = self.source.snapshot()
+        yield GaugeMetricFamily("segpipe_in_flight", "Records consumed and not yet acknowledged", state.in_flight)
         yield GaugeMetricFamily(
-            "segpipe_in_flight", "Records consumed and not yet acknowledged", worker.tracker.count()
+            "segpipe_backlog", "Records waiting for a model-path slot (not answered by the cache)", state.backlog
         )
-        yield GaugeMetricFamily(
-            "segpipe_backlog", "Records waiting for a model-path slot (not answered by the cache)", worker.backlog
-        )
-        yield GaugeMetricFamily("segpipe_consumed", "Records consumed since start", worker.stats.consumed)
-        yield GaugeMetricFamily("segpipe_assigned_partitions", "Input partitions assigned", len(worker.assigned))
-        yield GaugeMetricFamily("segpipe_paused", "1 while fetching is paused for back-pressure", int(worker.paused))
-        yield GaugeMetricFamily("segpipe_ready", "1 when the worker is ready", int(health(worker)[1]["ready"]))
+        yield GaugeMetricFamily("segpipe_consumed", "Records consumed since start", state.consumed)
+        yield GaugeMetricFamily("segpipe_assigned_partitions", "Input partitions assigned", state.assigned_partitions)
+        yield GaugeMetricFamily("segpipe_paused", "1 while fetching is paused for back-pressure", int(state.paused))
+        yield GaugeMetricFamily("segpipe_ready", "1 when the worker is ready", int(state.ready))
 
 
-def health(worker: Worker, *, stall_after_s: float | None = None) -> tuple[bool, dict[str, object]]:
-    """(alive, details): alive while the poll loop turned recently; ready once models are loaded and running."""
-    stall = stall_after_s if stall_after_s is not None else worker.settings.kafka.max_poll_interval_ms / 2000.0
-    since_poll = time.monotonic() - worker.last_poll
-    alive = worker.running and since_poll < stall
+def health(state: WorkerState) -> tuple[bool, dict[str, object]]:
+    """(alive, details): alive while the poll loop turned recently; ready once models are loaded and running, and
+    not while stopping (a load balancer or orchestrator then sends nothing new)."""
     details: dict[str, object] = {
-        "alive": alive,
-        "ready": alive and worker.started.is_set(),
-        "since_last_poll_s": round(since_poll, 3),
-        "assigned_partitions": len(worker.assigned),
-        "in_flight": worker.tracker.count(),
-        "backlog": worker.backlog,
-        "paused": worker.paused,
-        "redis": None if worker.processor.cache is None else worker.processor.cache.healthy,
-        "worker_id": worker.processor.worker_id,
+        "alive": state.alive,
+        "ready": state.ready,
+        "stopping": state.stopping,
+        "since_last_poll_s": round(state.since_last_poll_s, 3),
+        "assigned_partitions": state.assigned_partitions,
+        "in_flight": state.in_flight,
+        "backlog": state.backlog,
+        "paused": state.paused,
+        "redis": state.redis_healthy,
+        "worker_id": state.worker_id,
     }
-    return alive, details
+    return state.alive, details
 
 
 class MetricsServer:
     """``/metrics``, ``/health/live``, ``/health/ready`` on a daemon thread."""
 
-    def __init__(self, worker: Worker, metrics: WorkerMetrics, *, host: str = "0.0.0.0", port: int = 9100) -> None:
-        handler = _handler(worker, metrics)
+    def __init__(self, source: StateSource, metrics: WorkerMetrics, *, host: str = "0.0.0.0", port: int = 9100) -> None:
+        handler = _handler(source, metrics)
         self.server = ThreadingHTTPServer((host, port), handler)
         self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, name="segpipe-metrics", daemon=True)
+        # A short poll interval: stop() waits for the serving loop to notice, 0.5 s by default.
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, name="segpipe-metrics", daemon=True
+        )
 
     @property
     def port(self) -> int:
@@ -174,13 +181,13 @@ class MetricsServer:
         self.server.server_close()
 
 
-def _handler(worker: Worker, metrics: WorkerMetrics) -> type[BaseHTTPRequestHandler]:
+def _handler(source: StateSource, metrics: WorkerMetrics) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             if self.path == "/metrics":
                 self._send(200, metrics.exposition(), "text/plain; version=0.0.4; charset=utf-8")
             elif self.path in ("/health/live", "/health/ready", "/health"):
-                alive, details = health(worker)
+                alive, details = health(source.snapshot())
                 ok = details["ready"] if self.path == "/health/ready" else alive
                 self._send(200 if ok else 503, json.dumps(details).encode(), "application/json")
             else:

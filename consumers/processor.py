@@ -338,12 +338,6 @@ class RequestProcessor:
         if self.cache is not None:
             self.cache.release(pending.cache_key, self.worker_id)
 
-    def _fits_dead_letter(self, value: bytes | None, key: bytes | None, headers: tuple[Header, ...]) -> bool:
-        if self.max_record_bytes is None:
-            return True
-        size = len(value or b"") + len(key or b"") + sum(len(h.key) + len(h.value or b"") for h in headers)
-        return size + _DEAD_LETTER_OVERHEAD <= self.max_record_bytes
-
     # -- results and failures ------------------------------------------------------------------------------------
     def _outcome(self, record: InboundRecord, message: SegmentResultMessage, request: SegmentRequest) -> Outcome:
         return Outcome(
@@ -360,54 +354,86 @@ class RequestProcessor:
         started: float | None = None,
     ) -> Outcome:
         """An error result addressed as well as the record allows, plus its dead-letter record."""
-        if request is not None:
-            request_id, source, reply_to = request.request_id, request.source, request.reply_to
-        else:
-            envelope = None
-            try:
-                if is_avro_request(record.headers):
-                    envelope = peek_request_envelope(record.value or b"")
-                else:
-                    envelope = peek_bare_envelope(record.headers, fallback_request_id=record.fallback_request_id)
-            except Exception:  # noqa: BLE001 - addressing is best effort; the key or position always works
-                envelope = None
-            # The header wins even over an unreadable body; then the body's own id; then the key or position.
-            request_id = record.header_request_id or (envelope.request_id if envelope else record.fallback_request_id)
-            source = envelope.source if envelope else None
-            reply_to = envelope.reply_to if envelope else None
-        info = ErrorInfo.from_error(error)
-        original_value, original_key, original_headers = record.value, record.key, headers_from_kafka(record.headers)
-        if not self._fits_dead_letter(original_value, original_key, original_headers):
-            # A dead letter must itself fit in a record this worker may produce, or publishing it would fail for
-            # ever; the original stays in the input topic, where topic/partition/offset below point.
-            size = len(original_value or b"")
-            original_value = None
-            if not self._fits_dead_letter(None, original_key, original_headers):
-                original_key, original_headers = None, ()
-            info = ErrorInfo(
-                info.code,
-                f"{info.message} (original value of {size:,} bytes not copied: too large for a dead letter; "
-                f"it is at {record.topic}:{record.partition}@{record.offset})",
-            )
-        timings = {"decode": ms_since(started)} if started is not None else {}
-        message = SegmentResultMessage.failure(
-            request_id, info, worker_id=self.worker_id, source=source, image_sha256=digest, timings_ms=timings
-        ).with_origin(record.origin)
-        dead_letter = DeadLetter(
-            request_id=request_id,
-            error=info,
-            original_value=original_value,
-            original_key=original_key,
-            original_headers=original_headers,
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
+        return failure_outcome(
+            record,
+            error,
             worker_id=self.worker_id,
-            failed_at_ms=now_ms(),
+            max_record_bytes=self.max_record_bytes,
+            request=request,
+            digest=digest,
+            started=started,
         )
-        log.info("request %s failed: %s: %s", request_id, info.code, info.message, extra={"request_id": request_id})
-        submitted = request.submitted_at_ms if request is not None else (record.timestamp_ms or 0)
-        return Outcome(record, message, encode_result(message), reply_to, dead_letter, submitted_at_ms=submitted)
 
 
 _DEAD_LETTER_OVERHEAD = 64 * 1024  # the dead letter's own fields (error message, ids) and record framing
+
+
+def failure_outcome(
+    record: InboundRecord,
+    error: SegmentationError,
+    *,
+    worker_id: str,
+    max_record_bytes: int | None,
+    request: SegmentRequest | None = None,
+    digest: str | None = None,
+    started: float | None = None,
+) -> Outcome:
+    """An error result addressed as well as the record allows, plus its dead-letter record."""
+    if request is not None:
+        request_id, source, reply_to = request.request_id, request.source, request.reply_to
+    else:
+        envelope = None
+        try:
+            if is_avro_request(record.headers):
+                envelope = peek_request_envelope(record.value or b"")
+            else:
+                envelope = peek_bare_envelope(record.headers, fallback_request_id=record.fallback_request_id)
+        except Exception:  # noqa: BLE001 - addressing is best effort; the key or position always works
+            envelope = None
+        # The header wins even over an unreadable body; then the body's own id; then the key or position.
+        request_id = record.header_request_id or (envelope.request_id if envelope else record.fallback_request_id)
+        source = envelope.source if envelope else None
+        reply_to = envelope.reply_to if envelope else None
+    info = ErrorInfo.from_error(error)
+    original_value, original_key, original_headers = record.value, record.key, headers_from_kafka(record.headers)
+    if not _fits_dead_letter(max_record_bytes, original_value, original_key, original_headers):
+        # A dead letter must itself fit in a record this worker may produce, or publishing it would fail for
+        # ever; the original stays in the input topic, where topic/partition/offset below point.
+        size = len(original_value or b"")
+        original_value = None
+        if not _fits_dead_letter(max_record_bytes, None, original_key, original_headers):
+            original_key, original_headers = None, ()
+        info = ErrorInfo(
+            info.code,
+            f"{info.message} (original value of {size:,} bytes not copied: too large for a dead letter; "
+            f"it is at {record.topic}:{record.partition}@{record.offset})",
+        )
+    timings = {"decode": ms_since(started)} if started is not None else {}
+    message = SegmentResultMessage.failure(
+        request_id, info, worker_id=worker_id, source=source, image_sha256=digest, timings_ms=timings
+    ).with_origin(record.origin)
+    dead_letter = DeadLetter(
+        request_id=request_id,
+        error=info,
+        original_value=original_value,
+        original_key=original_key,
+        original_headers=original_headers,
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        worker_id=worker_id,
+        failed_at_ms=now_ms(),
+    )
+    log.info("request %s failed: %s: %s", request_id, info.code, info.message, extra={"request_id": request_id})
+    submitted = request.submitted_at_ms if request is not None else (record.timestamp_ms or 0)
+    return Outcome(record, message, encode_result(message), reply_to, dead_letter, submitted_at_ms=submitted)
+
+
+def _fits_dead_letter(
+    max_record_bytes: int | None, value: bytes | None, key: bytes | None, headers: tuple[Header, ...]
+) -> bool:
+    """Whether a dead letter carrying this much of the original still fits in a record this worker may produce."""
+    if max_record_bytes is None:
+        return True
+    size = len(value or b"") + len(key or b"") + sum(len(h.key) + len(h.value or b"") for h in headers)
+    return size + _DEAD_LETTER_OVERHEAD <= max_record_bytes

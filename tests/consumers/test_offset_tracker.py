@@ -7,7 +7,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consumers.worker import OffsetTracker
+from consumers.offsets import OffsetTracker
 
 TP = ("in", 0)
 
@@ -73,3 +73,16 @@ def test_count_includes_finished_records_not_yet_committed() -> None:
     tracker.forget({TP})
     assert not tracker.is_pending(TP, 23), "a revoked partition's records are no longer ours to answer"
     assert tracker.count() == 0
+
+
+def test_a_handed_back_record_is_owed_by_no_stage_yet_blocks_its_partition() -> None:
+    tracker = OffsetTracker()
+    for offset in (20, 21):
+        tracker.add(TP, offset)
+    tracker.hand_back(TP, 20)  # stopping: nobody will answer it here
+    assert tracker.owed() == 1, "a drain waits only for 21"
+    assert tracker.done(TP, 21) == 20, "20 is not answered: the partition's next owner reads from 20"
+    assert tracker.owed() == 0 and tracker.count() == 2, "both stay uncommitted"
+    tracker.hand_back(("in", 9), 1)  # not ours: ignored
+    tracker.forget({TP})
+    assert tracker.owed() == 0 and tracker.count() == 0

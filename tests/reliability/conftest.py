@@ -15,7 +15,7 @@ import pytest
 from reliability_harness import Report, TopicFollower, TopicsFactory
 from worker_harness import PipelineTopics, WorkerProcess, launch_worker, worker_environment
 
-from devstack.services import LocalKafka, LocalRedis
+from devstack.services import LocalKafka, LocalRedis, LocalS3, start_kafka, start_s3
 
 
 @pytest.fixture
@@ -85,3 +85,29 @@ def follow() -> Iterator[Callable[[str, str], TopicFollower]]:
     yield make
     for follower in followers:
         follower.close()
+
+
+@pytest.fixture(scope="module")
+def s3_storage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalS3]:
+    """A moto S3 server with the bucket tansu stores in. Missing moto skips, except under CI where it must be."""
+    try:
+        server = start_s3(log_dir=tmp_path_factory.mktemp("s3"))
+    except ModuleNotFoundError as exc:
+        if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
+            pytest.fail(f"{exc} (CI is set, so this is an error, not a skip)", pytrace=False)
+        pytest.skip(str(exc))
+    try:
+        server.create_bucket("tansu")
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_kafka(s3_storage: LocalS3, tmp_path: Path) -> Iterator[LocalKafka]:
+    """A tansu broker of its own on S3 storage: unlike the session's memory broker it may be stopped and restarted."""
+    broker = start_kafka(storage="s3://tansu/", env=s3_storage.env(), log_dir=tmp_path / "kafka")
+    try:
+        yield broker
+    finally:
+        broker.stop()

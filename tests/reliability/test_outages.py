@@ -6,13 +6,10 @@ Requests keep arriving throughout; nothing may be lost and no worker may crash.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from reliability_harness import (
@@ -28,7 +25,7 @@ from reliability_harness import (
 )
 from worker_harness import PipelineTopics
 
-from devstack.services import LocalKafka, LocalRedis, LocalS3, create_topics, start_kafka, start_s3
+from devstack.services import LocalKafka, LocalRedis, create_topics
 from schemas import ResultStatus
 
 pytestmark = pytest.mark.slow
@@ -118,32 +115,7 @@ def test_redis_outage_mid_stream_loses_nothing_and_dedup_resumes(
 
 
 # ------------------------------------------------------------------------------------------------ broker outage
-
-
-@pytest.fixture(scope="module")
-def s3_storage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalS3]:
-    """A moto S3 server with the bucket tansu stores in. Missing moto skips, except under CI where it must be."""
-    try:
-        server = start_s3(log_dir=tmp_path_factory.mktemp("s3"))
-    except ModuleNotFoundError as exc:
-        if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
-            pytest.fail(f"{exc} (CI is set, so this is an error, not a skip)", pytrace=False)
-        pytest.skip(str(exc))
-    try:
-        server.create_bucket("tansu")
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def s3_kafka(s3_storage: LocalS3, tmp_path: Path) -> Iterator[LocalKafka]:
-    """A tansu broker of its own on S3 storage: unlike the session's memory broker it may be stopped and restarted."""
-    broker = start_kafka(storage="s3://tansu/", env=s3_storage.env(), log_dir=tmp_path / "kafka")
-    try:
-        yield broker
-    finally:
-        broker.stop()
+# (the s3_kafka broker, which may be stopped and restarted, is in conftest.py)
 
 
 def test_broker_outage_mid_stream_loses_nothing(
