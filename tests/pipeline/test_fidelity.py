@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ from pipeline.types import ModelChoice, Prompts, SegmentParams
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NATIVE = SegmentParams(model=ModelChoice.FASTSAM, conf=0.4, iou=0.8, imgsz=1024, mask_post_processing=False)
 # The demo FastSAM is weaker at imgsz 1024 than at its training size: a lower conf keeps several masks to compare.
-SEVERAL = replace(NATIVE, conf=0.1)
+SEVERAL = NATIVE.model_copy(update={"conf": 0.1})
 
 Pair = tuple[float, bytes]
 
@@ -193,7 +192,7 @@ def test_fastsam_prompts_are_native(
         kwargs["points"] = [list(p) for p in prompts.points]
         kwargs["labels"] = list(prompts.point_labels)
     image = np.ascontiguousarray(shapes_image)
-    result = segmenter.segment(image, prompts, replace(NATIVE, conf=0.05))
+    result = segmenter.segment(image, prompts, NATIVE.model_copy(update={"conf": 0.05}))
     (expected,) = _reference(reference_fastsam, [image], conf=0.05, **kwargs)
     assert expected, "precondition: the prompt selects a mask"
     assert sorted(_record_pairs(result)) == sorted(expected)
