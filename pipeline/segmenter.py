@@ -267,50 +267,27 @@ class Segmenter:
 
     def _fastsam_answered(self, job: _Job, masks: list[RawMask]) -> None:
         if prompt_count(job.prompts):
-            self._fastsam_prompted(job, select_for_prompts(masks, job.prompts))
-            return
-        records = self._records(job, masks)
-        if job.params.model == ModelChoice.FASTSAM:
-            job.records, job.answered_by = records, ModelName.FASTSAM
-        elif not records:
-            job.fallback = FallbackReason.NO_MASKS
-            job.fallback_detail = f"FastSAM found no mask at conf {job.params.conf}"
-        elif max(r.predicted_iou for r in records) < job.params.fallback_min_score:
-            job.fallback = FallbackReason.LOW_SCORE
-            job.fallback_detail = (
-                f"best FastSAM predicted_iou {max(r.predicted_iou for r in records):.4f} "
-                f"< fallback_min_score {job.params.fallback_min_score}"
-            )
+            # One record per prompt; a prompt FastSAM cannot answer sends the request to SAM2 (auto) or stays empty.
+            records = self._prompt_records(job, select_for_prompts(masks, job.prompts))
+            answered = [record for record in records if record.area > 0]
+            missing = [index for index, record in enumerate(records) if record.area == 0]
+            unanswered = _unanswered_prompts(job, missing, len(records)) if missing else None
         else:
+            records = self._records(job, masks)
+            answered = list(records)
+            unanswered = None if records else f"FastSAM found no mask at conf {job.params.conf}"
+        if job.params.model == ModelChoice.FASTSAM or (
+            unanswered is None and max(r.predicted_iou for r in answered) >= job.params.fallback_min_score
+        ):
             job.records, job.answered_by = records, ModelName.FASTSAM
-
-    def _fastsam_prompted(self, job: _Job, chosen: list[RawMask | None]) -> None:
-        """One record per prompt; a prompt FastSAM cannot answer sends the request to SAM2 (auto) or stays empty."""
-        records = self._prompt_records(job, chosen)
-        missing = [index for index, record in enumerate(records) if record.area == 0]
-        answered = [record for record in records if record.area > 0]
-        if job.params.model == ModelChoice.FASTSAM:
-            job.records, job.answered_by = records, ModelName.FASTSAM
-        elif missing:
-            job.fallback = FallbackReason.NO_MASKS
-            if job.prompts.boxes:
-                which = ", ".join(str(index) for index in missing)
-                job.fallback_detail = (
-                    f"FastSAM has no mask overlapping box {which} of {len(records)} at conf {job.params.conf} "
-                    "(a box's mask must have pixels inside it); SAM2 answered every box"
-                )
-            else:
-                job.fallback_detail = (
-                    f"no FastSAM mask at conf {job.params.conf} contains every foreground point and no background point"
-                )
-        elif max(r.predicted_iou for r in answered) < job.params.fallback_min_score:
+        elif unanswered is not None:
+            job.fallback, job.fallback_detail = FallbackReason.NO_MASKS, unanswered
+        else:
             job.fallback = FallbackReason.LOW_SCORE
             job.fallback_detail = (
                 f"best FastSAM predicted_iou {max(r.predicted_iou for r in answered):.4f} "
                 f"< fallback_min_score {job.params.fallback_min_score}"
             )
-        else:
-            job.records, job.answered_by = records, ModelName.FASTSAM
 
     def _prompt_records(self, job: _Job, chosen: Sequence[RawMask | None]) -> tuple[MaskRecord, ...]:
         """Exactly one record per prompt, in prompt order, each carrying its ``prompt_index``; a prompt without an
@@ -419,6 +396,17 @@ def _release_accelerator_memory() -> None:
             torch.cuda.empty_cache()
     except Exception:  # noqa: BLE001 - best effort only
         pass
+
+
+def _unanswered_prompts(job: _Job, missing: list[int], count: int) -> str:
+    """Why FastSAM's answer to a prompted request does not count (the NO_MASKS detail)."""
+    if job.prompts.boxes:
+        which = ", ".join(str(index) for index in missing)
+        return (
+            f"FastSAM has no mask overlapping box {which} of {count} at conf {job.params.conf} "
+            "(a box's mask must have pixels inside it); SAM2 answered every box"
+        )
+    return f"no FastSAM mask at conf {job.params.conf} contains every foreground point and no background point"
 
 
 def _load_logged(model: FastSAMModel | SAM2Model) -> None:

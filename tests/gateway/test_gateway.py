@@ -10,10 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-import signal
 import socket
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -24,9 +21,10 @@ import cv2
 import httpx
 import numpy as np
 import pytest
-from worker_harness import REPO_ROOT, PipelineTopics, WorkerProcess, launch_worker, worker_environment
+from gateway_harness import GatewayProcess, launch_gateway
+from worker_harness import PipelineTopics, WorkerProcess, launch_worker, worker_environment
 
-from devstack.services import LocalKafka, LocalRedis, create_topics, delete_topics, free_port, start_kafka, stop_process
+from devstack.services import LocalKafka, LocalRedis, create_topics, delete_topics, start_kafka
 from gateway.app import STATUS_BY_CODE, Gateway, GatewaySettings, result_to_api
 from pipeline.masks import decode_rle
 from pipeline.types import RLE, ModelName
@@ -45,53 +43,6 @@ def noise_png(seed: int, height: int, width: int) -> bytes:
     ok, encoded = cv2.imencode(".png", pixels)
     assert ok
     return encoded.tobytes()
-
-
-@dataclass
-class GatewayProcess:
-    """A ``python -m gateway.app`` subprocess and where it listens."""
-
-    process: subprocess.Popen[bytes]
-    url: str
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def wait_healthy(self, timeout: float = 60.0) -> None:
-        """Until ``GET /health`` answers 200: the reply topic exists and both clients reach the broker."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"gateway exited with {self.process.returncode}:\n{self.log()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=5).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"gateway not healthy within {timeout} s:\n{self.log()[-3000:]}")
-
-    def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM (uvicorn's graceful shutdown: the lifespan closes the gateway) and the exit status."""
-        stop_process(self.process, timeout=timeout)
-        return self.process.returncode
-
-    def assert_stops_cleanly(self, timeout: float = 30.0) -> None:
-        """After a graceful shutdown uvicorn re-raises the signal it caught, so the status is -SIGTERM, not 0."""
-        code = self.stop(timeout)
-        assert code in (0, -signal.SIGTERM), f"exit status {code}:\n{self.log()[-3000:]}"
-        assert "Application shutdown complete" in self.log(), self.log()[-3000:]
-
-
-def launch_gateway(env: dict[str, str], log_path: Path) -> GatewayProcess:
-    port = free_port()
-    env = {**env, "PORT": str(port), "GATEWAY_HOST": "127.0.0.1", "PYTHONPATH": str(REPO_ROOT)}
-    with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gateway.app"], env=env, cwd=REPO_ROOT, stdout=log_file, stderr=log_file
-        )
-    return GatewayProcess(process, f"http://127.0.0.1:{port}", log_path)
 
 
 @dataclass
