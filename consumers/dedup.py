@@ -175,6 +175,70 @@ class CircuitBreaker:
                 log.debug("Redis call failed (%s: %s), %d in a row", what, exc, self._consecutive)
 
 
+class Liveness:
+    """One cache instance's proof of life: its liveness key and the TTLs of the claims it holds, refreshed by a
+    background thread that doubles as the breaker's probe.
+
+    Its own class because it runs on its own thread and touches only these keys, never a request's: owned and
+    closed by :class:`DedupCache`.
+    """
+
+    def __init__(self, client: redis.Redis, settings: RedisSettings, breaker: CircuitBreaker, instance: str) -> None:
+        self.client = client
+        self.settings = settings
+        self.breaker = breaker
+        self.key = liveness_key(instance)
+        self._refresh = client.register_script(_REFRESH)
+        self._lock = threading.Lock()
+        self._held: dict[str, str] = {}  # claim key -> our token: the claims this process keeps alive
+        self._closed = threading.Event()
+        self.beat()  # alive before the first claim
+        self._thread = threading.Thread(target=self._loop, name="segpipe-liveness", daemon=True)
+        self._thread.start()
+
+    def hold(self, claim_key: str, token: str) -> None:
+        with self._lock:
+            self._held[claim_key] = token
+
+    def forget(self, claim_key: str) -> None:
+        with self._lock:
+            self._held.pop(claim_key, None)
+
+    def close(self) -> None:
+        """Stop the heartbeat and drop the liveness key: peers take over claims still held here at once."""
+        self._closed.set()
+        self._thread.join(timeout=self.settings.socket_timeout + 1)
+        if self.breaker.is_open:
+            return
+        try:
+            self.client.delete(self.key)
+        except redis.RedisError as exc:
+            log.debug("liveness key not deleted: %s", exc)
+
+    def _loop(self) -> None:
+        while not self._closed.wait(self.settings.heartbeat_interval):
+            if self.breaker.is_open and not self.breaker.probe_due():
+                continue  # while open, one probe per cool-down
+            self.beat()
+
+    def beat(self) -> None:
+        """Refresh our liveness key and our claims; doubles as the breaker's probe."""
+        with self._lock:
+            held = list(self._held.items())
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.set(self.key, "1", px=int(self.settings.liveness_ttl * 1000))
+            for claim_key, token in held:
+                self._refresh(keys=[claim_key], args=[token, self.settings.lock_ttl * 1000], client=pipe)
+            pipe.execute()
+        except _OUTAGE as exc:
+            self.breaker.failure("heartbeat", exc)
+        except redis.RedisError as exc:
+            log.warning("liveness heartbeat failed: %s", exc)
+        else:
+            self.breaker.success()
+
+
 class DedupCache:
     """Stored results and in-flight claims in Redis, degrading to no-op while Redis is unreachable.
 
@@ -200,18 +264,12 @@ class DedupCache:
         self.breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown)
         self._stop = stop if stop is not None else threading.Event()
         self._release = self.client.register_script(_RELEASE)
-        self._refresh = self.client.register_script(_REFRESH)
         self._take_over = self.client.register_script(_TAKE_OVER)
-        self._lock = threading.Lock()
-        self._held: dict[str, str] = {}  # claim key -> our token: the claims this process keeps alive
-        self._closed = threading.Event()
-        self._beat()  # alive before the first claim
-        self._heartbeat = threading.Thread(target=self._heartbeat_loop, name="segpipe-liveness", daemon=True)
-        self._heartbeat.start()
+        self._liveness = Liveness(self.client, settings, self.breaker, self.instance)  # alive before the first claim
 
     @property
     def liveness_key(self) -> str:
-        return liveness_key(self.instance)
+        return self._liveness.key
 
     def token(self, owner: str) -> str:
         """The value of a claim by ``owner`` (the worker id) through this cache instance."""
@@ -219,38 +277,7 @@ class DedupCache:
 
     def close(self) -> None:
         """Stop the heartbeat and drop the liveness key: peers take over claims still held here at once."""
-        self._closed.set()
-        self._heartbeat.join(timeout=self.settings.socket_timeout + 1)
-        if self.breaker.is_open:
-            return
-        try:
-            self.client.delete(self.liveness_key)
-        except redis.RedisError as exc:
-            log.debug("liveness key not deleted: %s", exc)
-
-    # -- liveness and probing (the heartbeat thread) ---------------------------------------------------------------
-    def _heartbeat_loop(self) -> None:
-        while not self._closed.wait(self.settings.heartbeat_interval):
-            if self.breaker.is_open and not self.breaker.probe_due():
-                continue  # while open, one probe per cool-down
-            self._beat()
-
-    def _beat(self) -> None:
-        """Refresh our liveness key and our claims; doubles as the breaker's probe."""
-        with self._lock:
-            held = list(self._held.items())
-        try:
-            pipe = self.client.pipeline(transaction=False)
-            pipe.set(self.liveness_key, "1", px=int(self.settings.liveness_ttl * 1000))
-            for claim_key, token in held:
-                self._refresh(keys=[claim_key], args=[token, self.settings.lock_ttl * 1000], client=pipe)
-            pipe.execute()
-        except _OUTAGE as exc:
-            self.breaker.failure("heartbeat", exc)
-        except redis.RedisError as exc:
-            log.warning("liveness heartbeat failed: %s", exc)
-        else:
-            self.breaker.success()
+        self._liveness.close()
 
     # -- calls ------------------------------------------------------------------------------------------------------
     @property
@@ -315,8 +342,7 @@ class DedupCache:
             return None
         self.breaker.success()
         if claimed:
-            with self._lock:
-                self._held[claim_key] = token
+            self._liveness.hold(claim_key, token)
         return bool(claimed)
 
     def claim(self, key: str, owner: str) -> bool:
@@ -383,8 +409,7 @@ class DedupCache:
 
     def _forget(self, key: str) -> str:
         claim_key = f"{key}:claim"
-        with self._lock:
-            self._held.pop(claim_key, None)
+        self._liveness.forget(claim_key)
         return claim_key
 
     def release(self, key: str, owner: str) -> None:

@@ -178,7 +178,9 @@ class RequestProcessor:
         for (index, item), value in zip(parsed, stored, strict=True):
             if value is not None:
                 timings = {"decode": (lookup_started - item.started) * 1000.0, "dedup": lookup_ms}
-                hit = self._from_cache(item.record, item.request, value, timings, item.payload_key)
+                hit = stored_outcome(
+                    item.record, item.request, value, timings, item.payload_key, worker_id=self.worker_id
+                )
                 if hit is not None:
                     items[index] = hit
         return items
@@ -192,7 +194,7 @@ class RequestProcessor:
             too_large = ImageTooLargeError(f"record value is {size:,} bytes, over KAFKA_MESSAGE_MAX_BYTES={limit:,}")
             return self.failure(record, too_large, started=started)
         try:
-            request = self._parse(record)
+            request = parse_request(record, self.codec)
         except SegmentationError as exc:
             return self.failure(record, exc, started=started)
         try:
@@ -219,7 +221,9 @@ class RequestProcessor:
             validate_prompts(request.prompts, image.shape[1], image.shape[0])
             digest = image_sha256(image)
         except InvalidImageError as exc:
-            return self.failure(record, self._explain(record, exc), request=request, started=started)
+            return self.failure(
+                record, explain_invalid_image(record, exc, self.codec), request=request, started=started
+            )
         except SegmentationError as exc:
             return self.failure(record, exc, request=request, started=started)
         # The wait between parsing and decoding (the worker's backlog) is queueing, not decoding.
@@ -233,57 +237,13 @@ class RequestProcessor:
         stored = self.cache.lookup_or_claim(key, self.worker_id, timeout=self.dedup_wait_s)
         timings["dedup"] = ms_since(lookup_started)
         if stored is not None:
-            hit = self._from_cache(record, request, stored, timings, key)
+            hit = stored_outcome(record, request, stored, timings, key, worker_id=self.worker_id)
             if hit is not None:
                 # Another encoding of a stored image, or a peer's result we waited for: next time, by payload.
                 self.cache.alias(item.payload_key, key)
                 return hit
         pending.enqueued_at = time.perf_counter()
         return pending
-
-    def _parse(self, record: InboundRecord) -> SegmentRequest:
-        if is_avro_request(record.headers):
-            if not record.value:
-                raise MalformedRequestError("Avro request record has no value")
-            request = self.codec.decode_request(record.value, record.topic)
-            header = record.header_request_id
-            return request if header is None or header == request.request_id else replace(request, request_id=header)
-        request = parse_bare_request(record.value, record.headers, fallback_request_id=record.fallback_request_id)
-        if request.submitted_at_ms == 0 and record.timestamp_ms:
-            request = replace(request, submitted_at_ms=record.timestamp_ms)
-        return request
-
-    def _explain(self, record: InboundRecord, error: InvalidImageError) -> SegmentationError:
-        """A bare record whose value is not an image may be an Avro request sent without its format header: say so
-        instead of "not a supported image" (checked only on this failure path)."""
-        if is_avro_request(record.headers) or not record.value:
-            return error
-        try:
-            self.codec.decode_request(record.value, record.topic)
-        except SegmentationError:
-            if looks_registry_framed(record.value) and not self.codec.uses_registry:
-                return MalformedRequestError(
-                    f"{error.message}; the value starts with byte 0, like Schema Registry framing (magic byte 0 + "
-                    "4-byte schema id): set SCHEMA_REGISTRY_URL on the worker, and the segpipe-format: avro-v1 header"
-                )
-            return error
-        return MalformedRequestError(
-            "the record value is an Avro SegmentRequest but the record has no segpipe-format: avro-v1 header: "
-            "add the header (without it the value is read as a bare image)"
-        )
-
-    def _from_cache(
-        self, record: InboundRecord, request: SegmentRequest, stored: bytes, timings: dict[str, float], key: str
-    ) -> Outcome | None:
-        try:
-            entry = StoredResult.parse(stored)
-            message, data = entry.hit(
-                request.request_id, self.worker_id, request.source, timings_ms=timings, origin=record.origin
-            )
-        except SegmentationError as exc:  # a corrupt or foreign entry: recompute rather than serve it
-            log.warning("ignoring unreadable cache entry %s: %s", key, exc)
-            return None
-        return Outcome(record, message, data, request.reply_to, submitted_at_ms=request.submitted_at_ms)
 
     # -- stage 2: the model (runs on the inference thread, a micro-batch at a time) -----------------------------
     def segment(self, batch: list[PendingSegmentation], emit: Callable[[Outcome], None] | None = None) -> list[Outcome]:
@@ -363,6 +323,63 @@ class RequestProcessor:
             digest=digest,
             started=started,
         )
+
+
+# -- reading requests and serving stored results: no processor state beyond the codec and worker id, so
+# module functions keep RequestProcessor to the stages themselves.
+def parse_request(record: InboundRecord, codec: WireCodec) -> SegmentRequest:
+    """The request a record carries: an Avro body (its request id overridden by the header) or a bare image."""
+    if is_avro_request(record.headers):
+        if not record.value:
+            raise MalformedRequestError("Avro request record has no value")
+        request = codec.decode_request(record.value, record.topic)
+        header = record.header_request_id
+        return request if header is None or header == request.request_id else replace(request, request_id=header)
+    request = parse_bare_request(record.value, record.headers, fallback_request_id=record.fallback_request_id)
+    if request.submitted_at_ms == 0 and record.timestamp_ms:
+        request = replace(request, submitted_at_ms=record.timestamp_ms)
+    return request
+
+
+def explain_invalid_image(record: InboundRecord, error: InvalidImageError, codec: WireCodec) -> SegmentationError:
+    """A bare record whose value is not an image may be an Avro request sent without its format header: say so
+    instead of "not a supported image" (checked only on this failure path)."""
+    if is_avro_request(record.headers) or not record.value:
+        return error
+    try:
+        codec.decode_request(record.value, record.topic)
+    except SegmentationError:
+        if looks_registry_framed(record.value) and not codec.uses_registry:
+            return MalformedRequestError(
+                f"{error.message}; the value starts with byte 0, like Schema Registry framing (magic byte 0 + "
+                "4-byte schema id): set SCHEMA_REGISTRY_URL on the worker, and the segpipe-format: avro-v1 header"
+            )
+        return error
+    return MalformedRequestError(
+        "the record value is an Avro SegmentRequest but the record has no segpipe-format: avro-v1 header: "
+        "add the header (without it the value is read as a bare image)"
+    )
+
+
+def stored_outcome(
+    record: InboundRecord,
+    request: SegmentRequest,
+    stored: bytes,
+    timings: dict[str, float],
+    key: str,
+    *,
+    worker_id: str,
+) -> Outcome | None:
+    """A cache hit's outcome: the stored entry spliced under this request's id and origin (None: unreadable)."""
+    try:
+        entry = StoredResult.parse(stored)
+        message, data = entry.hit(
+            request.request_id, worker_id, request.source, timings_ms=timings, origin=record.origin
+        )
+    except SegmentationError as exc:  # a corrupt or foreign entry: recompute rather than serve it
+        log.warning("ignoring unreadable cache entry %s: %s", key, exc)
+        return None
+    return Outcome(record, message, data, request.reply_to, submitted_at_ms=request.submitted_at_ms)
 
 
 _DEAD_LETTER_OVERHEAD = 64 * 1024  # the dead letter's own fields (error message, ids) and record framing
