@@ -62,6 +62,10 @@ MASK_FIELD_DOCS: dict[str, str] = {
         "IoU of the mask logits thresholded at mask_threshold + offset and mask_threshold - offset "
         "(SAM's definition); values near 1 mean the mask barely changes with the cutoff."
     ),
+    "prompt_index": (
+        "The prompt this mask answers: its box's index in boxes, 0 for a set of points without boxes, "
+        "null in everything mode."
+    ),
 }
 
 

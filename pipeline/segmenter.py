@@ -156,16 +156,17 @@ class Segmenter:
     def warm_up(self, background_sam2: bool | None = None) -> threading.Thread | None:
         """Load both models now; a missing checkpoint is logged, not fatal (the other model may still answer).
 
-        With ``background_sam2`` (default: ``SAM2_BACKGROUND_LOAD``) SAM2 loads on a daemon thread, returned, so a
-        worker can join its group after FastSAM alone (cold start); a fallback arriving before it is done waits on
-        the model's lock, which the loader holds.
+        With ``background_sam2`` (default: ``SAM2_BACKGROUND_LOAD``) SAM2 loads on a thread, returned, so a worker
+        can join its group after FastSAM alone (cold start); a fallback arriving before it is done waits on the
+        model's lock, which the loader holds. Not a daemon: a process ending during the load waits for it rather
+        than aborting inside torch ("terminate called without an active exception").
         """
         background = self.settings.sam2_background_load if background_sam2 is None else background_sam2
         _load_logged(self.fastsam)
         if not background:
             _load_logged(self.sam2)
             return None
-        thread = threading.Thread(target=_load_logged, args=(self.sam2,), name="sam2-load", daemon=True)
+        thread = threading.Thread(target=_load_logged, args=(self.sam2,), name="sam2-load")
         thread.start()
         return thread
 

@@ -10,6 +10,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable
 
+import numpy as np
 import pytest
 import redis
 from kafka_harness import noise_png
@@ -82,7 +83,8 @@ def test_metrics_and_health_follow_what_the_worker_does(
             list(follow_results(settings.kafka, request_ids=set(ids), timeout_s=60))  # computed first...
             ids.add(producer.publish(image))  # ...so this one is a cache hit
             ids.add(producer.publish(b"garbage"))
-            ids.add(producer.publish(noise_png(12, 96, 128), params=SegmentParams(conf=0.4)))  # falls back to SAM2
+            # A flat image has nothing for the trained FastSAM to find at conf 0.4: it falls back to SAM2.
+            ids.add(producer.publish(np.full((96, 128, 3), 128, np.uint8), params=SegmentParams(conf=0.4)))
         assert len(list(follow_results(settings.kafka, request_ids=ids, timeout_s=120))) == 4
 
         monkeypatch.setenv("METRICS_PORT", str(server.port))

@@ -192,8 +192,10 @@ def test_an_old_client_reads_points_and_a_new_one_can_ask_for_coco(stack: Stack)
     assert masks
     for mask in masks:
         pixels = decode_rle(RLE(size=tuple(mask["rle"]["size"]), counts=mask["rle"]["counts"]))
-        for x, y in mask["segmentation"]:  # every vertex is a pixel of the mask (contours run through pixel centres)
-            assert pixels[min(round(y), HEIGHT - 1), min(round(x), WIDTH - 1)], (x, y)
+        # Outlines run along pixel edges, so every vertex is a corner of at least one pixel of the mask.
+        for x, y in mask["segmentation"]:
+            corner = pixels[max(round(y) - 1, 0) : round(y) + 1, max(round(x) - 1, 0) : round(x) + 1]
+            assert corner.any(), (x, y)
 
     coco = post_json(stack, {"image": image, "conf": 0.005, "segmentation_format": "coco"})
     assert coco.status_code == 200, coco.text
