@@ -96,7 +96,7 @@ def run_demo(samples: Path, checkpoints: Path, out_dir: Path, *, repeat: int = 2
         try:
             received = _publish_and_print(kafka_settings, images, out_dir, repeat=repeat, timeout_s=timeout_s)
             _ask_the_http_api(port, images[0])
-            print("NOTE: demo checkpoints have random weights, so these masks are meaningless (see README).")
+            print("NOTE: demo checkpoints: a FastSAM trained on synthetic shapes, a random SAM2 (see README).")
             return received
         finally:
             for process in (gateway, worker):
