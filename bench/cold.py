@@ -10,12 +10,13 @@ assigned, and its result reader for the waiting request's result:
   included);
 - ``fastsam_loaded_s`` / ``sam2_loaded_s``: the load markers (interpreter start and imports are in the first).
 
-Three variants, interleaved trial by trial: the product default (``SAM2_BACKGROUND_LOAD=true``: SAM2 loads on a
-thread after FastSAM, the worker subscribes meanwhile), ``sam2_foreground`` (both models before subscribing, as
-before) and ``join_during_load`` (a worker change priced from the outside, ``bench/patched_worker.py``: both models
-load on a thread and the worker subscribes at once, so the group join overlaps the loading; "assigned" may then
-come before FastSAM is loaded, and ``first_result_s`` is the figure to compare). The group settings are the
-bench's (session timeout 6 s: tansu holds a JoinGroup for half of it).
+Three variants, interleaved trial by trial: the product default (the worker subscribes first, so the group join
+runs on librdkafka's thread while FastSAM loads; the assignment is taken at the first poll, after FastSAM; SAM2 loads
+on a thread afterwards, ``SAM2_BACKGROUND_LOAD=true``), ``sam2_foreground`` (both models before the first poll) and
+``join_during_load`` (a change priced from the outside, ``bench/patched_worker.py``: both models load on a thread and
+the worker polls at once, so "assigned" may come before FastSAM is loaded and the waiting record waits on the
+model's lock; ``first_result_s`` is the figure to compare). The group settings are the bench's (session timeout
+6 s: tansu holds a JoinGroup for half of it).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ MARKERS = {"loaded FastSAM": "fastsam_loaded_s", "loaded SAM2": "sam2_loaded_s",
 VARIANTS: dict[str, dict[str, str]] = {
     "default": {},
     "sam2_foreground": {"SAM2_BACKGROUND_LOAD": "false"},
-    # prices a worker change not made: subscribe first, load the models meanwhile (bench/patched_worker.py)
+    # prices polling while both models load on a thread (bench/patched_worker.py)
     "join_during_load": {"BENCH_WORKER_PATCH": "warm_up_in_background"},
 }
 COLD_SEED = 30_000

@@ -140,11 +140,20 @@ class Worker:
         """Consume until :meth:`stop` (or SIGTERM/SIGINT when run on the main thread); returns the final state."""
         kafka, lifecycle = self.settings.kafka, self.lifecycle
         lifecycle.install_signal_handlers()
-        self.segmenter.warm_up()
-        if lifecycle.is_stopping:  # stopped while the models loaded
-            return self.snapshot()
         pipeline = self._build()
         self._loop, self._decode = pipeline.loop, pipeline.decode
+        # The group join runs on librdkafka's thread while the models load (a scale-out pays the longer of the two,
+        # not their sum); the assignment is taken at the first poll, once the models are ready.
+        pipeline.loop.subscribe()
+        try:
+            self.segmenter.warm_up()
+        except BaseException:
+            pipeline.loop.close()  # leave the group now rather than after the session timeout
+            raise
+        if lifecycle.is_stopping:  # stopped while the models loaded
+            pipeline.loop.close()
+            self._close_cache()
+            return self.snapshot()
         try:
             pipeline.start()
             self.running = True
@@ -257,7 +266,6 @@ class _Pipeline:
     def start(self) -> None:
         self.decode.start()
         self.model.start()
-        self.loop.subscribe()
 
     def turn(self) -> int:
         """Publish what finished, feed the model path, commit, pace, poll and hand the records on; how many."""

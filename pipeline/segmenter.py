@@ -21,6 +21,7 @@ The engine knows nothing of Kafka or Redis: the worker calls :meth:`Segmenter.se
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import numbers
@@ -66,16 +67,24 @@ def resolve_params(params: SegmentParams, settings: ModelSettings) -> SegmentPar
     resolve to equal parameters and a bad configured default is refused like a bad request value."""
     if not isinstance(params, SegmentParams):
         raise InvalidParametersError(f"params must be a SegmentParams, got {type(params).__name__}")
-    defaults = {
-        "conf": settings.default_conf,
-        "iou": settings.default_iou,
-        "imgsz": settings.fastsam_imgsz,
-        "max_contours": settings.max_contours,
-        "mask_post_processing": settings.mask_post_processing,
-        "fallback_min_score": settings.fallback_min_score,
-    }
+    defaults = (
+        ("conf", settings.default_conf),
+        ("iou", settings.default_iou),
+        ("imgsz", settings.fastsam_imgsz),
+        ("max_contours", settings.max_contours),
+        ("mask_post_processing", settings.mask_post_processing),
+        ("fallback_min_score", settings.fallback_min_score),
+    )
+    return _resolved(params, defaults)
+
+
+@functools.lru_cache(maxsize=1024)
+def _resolved(params: SegmentParams, defaults: tuple[tuple[str, object], ...]) -> SegmentParams:
+    """Requests mostly repeat a handful of parameter sets: validating each set once keeps pydantic off the dedup
+    hit path (both arguments are immutable; a refused set raises and is not cached)."""
+    fill = dict(defaults)
     values = params.model_dump()
-    return SegmentParams(**{name: defaults[name] if value is None else value for name, value in values.items()})
+    return SegmentParams(**{name: fill[name] if value is None else value for name, value in values.items()})
 
 
 def _is_finite_number(value: object) -> bool:

@@ -11,6 +11,7 @@ Then ``python scripts/eval_demo_fastsam.py`` measures the recall at product defa
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -29,8 +30,14 @@ TRAIN_SEED = 1_000_000  # scenes 1_000_000.. train, 2_000_000.. validate; the ev
 VAL_SEED = 2_000_000
 
 
-def write_split(root: Path, split: str, first_seed: int, count: int, zoom: float = 1.0, crop: int = 416) -> None:
+def write_split(
+    root: Path, split: str, first_seed: int, count: int, zoom: float = 1.0, crop: int = 416, large: float = 0.0
+) -> None:
     """Write ``count`` scenes as images plus YOLO-seg polygon labels (one polygon per visible shape).
+
+    A ``large`` fraction of the scenes hold a few big shapes (a quarter to nine tenths of the shorter side): once
+    FASTSAM_IMGSZ (1024) upsamples a 300-800 px image its shapes are larger than anything a 416 px training input
+    shows otherwise.
 
     With ``zoom`` > 1 each scene is drawn ``zoom`` times larger and a ``crop``-pixel window of it is kept: shapes
     then have the pixel sizes they have once the product's FASTSAM_IMGSZ (1024) upsamples a 300-800 px image, while
@@ -52,6 +59,8 @@ def write_split(root: Path, split: str, first_seed: int, count: int, zoom: float
                 cv2.resize(m[window].astype(np.uint8), out, interpolation=cv2.INTER_NEAREST) > 0 for m in scene.masks
             ]
             scene = Scene(image=image, masks=[m for m in kept if m.sum() >= 64], kinds=[])
+        elif rng.random() < large:
+            scene = make_scene(seed, shapes=(1, 4), rel_size=(0.25, 0.9))
         else:
             scene = make_scene(seed, rel_size=(0.06, 0.6))
         height, width = scene.image.shape[:2]
@@ -83,6 +92,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hours", type=float, default=0.75, help="training wall time (ultralytics' time=)")
     parser.add_argument("--out", type=Path, default=WEIGHTS_DIR / FASTSAM_TRAINED_NAME)
     parser.add_argument("--zoom", type=float, default=1.0, help="draw scenes this much larger, train on crops")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads for training")
+    parser.add_argument("--large", type=float, default=0.5, help="fraction of scenes with a few big shapes")
     parser.add_argument(
         "--init", type=Path, default=None, help="continue from these weights (a previous run's last.pt), no warm-up"
     )
@@ -91,14 +102,18 @@ def main(argv: list[str] | None = None) -> None:
     configure_offline()
     torch = _import_torch()
     from ultralytics import YOLO
+    from ultralytics.utils import torch_utils
+
+    # select_device() sets torch to cpu_count - 1 threads (1 of 2 cores here): training is CPU-bound, take them all
+    torch_utils.NUM_THREADS = args.threads
 
     from pipeline.checkpoints import build_fastsam_checkpoint
 
     work = args.work.resolve()  # a relative project= lands under ultralytics' own runs_dir setting
     data = work / "data"
     if not (data / "data.yaml").is_file():
-        write_split(data, "train", TRAIN_SEED, args.train_images, args.zoom, args.imgsz)
-        write_split(data, "val", VAL_SEED, args.val_images, args.zoom, args.imgsz)
+        write_split(data, "train", TRAIN_SEED, args.train_images, args.zoom, args.imgsz, args.large)
+        write_split(data, "val", VAL_SEED, args.val_images, args.zoom, args.imgsz, args.large)
         (data / "data.yaml").write_text(f"path: {data}\ntrain: images/train\nval: images/val\nnames:\n  0: object\n")
 
     start = args.init or build_fastsam_checkpoint(work / "init.pt")  # nc=1 yolov8n-seg, random weights

@@ -54,6 +54,44 @@ def test_payload_key_depends_on_every_input() -> None:
     assert payload_key(b"abc", Prompts(), SegmentParams(conf=0.4), "other model") != base
 
 
+@pytest.mark.parametrize(
+    ("prompts", "params"),
+    [
+        (Prompts(), SegmentParams(conf=0.4, iou=0.8, imgsz=1024, max_contours=10)),
+        (Prompts(points=((3.5, 4.0),), point_labels=(1,)), SegmentParams(model="sam2", conf=0.25)),
+        (Prompts(boxes=((1.0, 2.0, 30.0, 40.0),)), SegmentParams(mask_post_processing=True)),
+    ],
+)
+def test_keys_are_the_json_of_their_inputs_with_or_without_the_cache(prompts: Prompts, params: SegmentParams) -> None:
+    """Keys are shared by every worker and version in the group: the cached JSON must write what json.dumps of the
+    whole record writes, on the first call and on a repeat."""
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    from consumers.dedup import KEY_PREFIX, dedup_key
+
+    def reference_result(image: str, fingerprint: str) -> str:
+        material = json.dumps(
+            {"image": image, "prompts": asdict(prompts), "params": params.model_dump(), "models": fingerprint},
+            sort_keys=True,
+            default=str,
+        )
+        return f"{KEY_PREFIX}:result:{hashlib.sha256(material.encode()).hexdigest()}"
+
+    def reference_payload(payload: bytes, fingerprint: str) -> str:
+        material = json.dumps(
+            {"payload": hashlib.sha256(payload).hexdigest(), "prompts": asdict(prompts), "params": params.model_dump()},
+            sort_keys=True,
+            default=str,
+        )
+        return f"{KEY_PREFIX}:payload:{hashlib.sha256(f'{material}|{fingerprint}'.encode()).hexdigest()}"
+
+    for _ in range(2):
+        assert dedup_key("ab" * 32, prompts, params, "f1") == reference_result("ab" * 32, "f1")
+        assert payload_key(b"\x89PNG...", prompts, params, "f2") == reference_payload(b"\x89PNG...", "f2")
+
+
 def test_redis_down_degrades_to_no_cache(unreachable_cache: DedupCache) -> None:
     for _ in range(unreachable_cache.settings.breaker_failures):
         assert unreachable_cache.lookup_payloads(["a", "b"]) == [None, None]
