@@ -29,8 +29,8 @@ def test_demo_fastsam_is_the_committed_training_result(tmp_path: Path, demo_chec
 
 def test_trained_fastsam_finds_drawn_shapes_at_product_defaults(demo_checkpoints: tuple[Path, Path]) -> None:
     """conf 0.4, iou 0.8, imgsz 1024, retina masks, cleanup on: drawn shapes of held-back scenes are found with mask
-    IoU >= 0.8, where a random FastSAM finds none. The committed training reaches ~26 % here (55 % at its training
-    size, 416), short of the 80 % target: MIN_RECALL guards the signal, scripts/eval_demo_fastsam.py the figure."""
+    IoU >= 0.8, where a random FastSAM finds none. The committed training finds 25 of these 27 (94 % of 195 over the
+    40 scenes of scripts/eval_demo_fastsam.py): MIN_RECALL is the issue's 80 % target."""
     segmenter = Segmenter(ModelSettings(fastsam_model_path=demo_checkpoints[0], device="cpu"))
     found = total = 0
     for seed in range(3_000_000, 3_000_004):  # the evaluation's held-back seeds (training used others)
@@ -45,7 +45,7 @@ def test_trained_fastsam_finds_drawn_shapes_at_product_defaults(demo_checkpoints
     assert found / total >= MIN_RECALL, f"{found}/{total} drawn shapes found"
 
 
-MIN_RECALL = 0.15
+MIN_RECALL = 0.8
 
 
 def test_scaled_sam2_scores_vary(segmenter: Segmenter, shapes_image: np.ndarray) -> None:
