@@ -61,13 +61,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m bench.hit_path")
     parser.add_argument("--hits", type=int, default=5000)
     parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--conf", type=float, default=0.005, help="DEFAULT_CONF of the stored result (its mask count)")
     parser.add_argument(
         "--checkpoints", type=Path, default=Path(os.environ.get("SEGPIPE_CHECKPOINT_DIR", "checkpoints"))
     )
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results")
     args = parser.parse_args(argv)
     fastsam, sam2 = ensure_demo_checkpoints(args.checkpoints)
-    settings = ModelSettings(fastsam_model_path=fastsam, sam_model_path=sam2, device="cpu", default_conf=0.005)
+    settings = ModelSettings(fastsam_model_path=fastsam, sam_model_path=sam2, device="cpu", default_conf=args.conf)
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="segpipe-hit-path-")))
         server = start_redis(workdir=tmp)
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
         payload = encode_jpeg(synthetic_image(20_000, 160, 120))
         pending = processor.prepare(_record(payload, 0))
         assert isinstance(pending, PendingSegmentation), "the priming request was answered without the model"
-        processor.segment([pending])
+        (computed,) = processor.segment([pending])
         batches = [
             [_record(payload, 1 + b * args.batch + i) for i in range(args.batch)]
             for b in range(args.hits // args.batch)
@@ -110,6 +111,9 @@ def main(argv: list[str] | None = None) -> dict:
         "us_per_hit_wall": wall / count * 1e6,
         "us_per_hit_cpu": cpu / count * 1e6,
         "payload_bytes": len(payload),
+        "conf": args.conf,
+        "result_masks": len(computed.result.masks),
+        "result_bytes": len(computed.result_bytes),
         "profile_top": text.getvalue().splitlines()[:45],
         "load_average": list(os.getloadavg()),
     }
@@ -117,7 +121,8 @@ def main(argv: list[str] | None = None) -> dict:
     (args.out / "hit_path.json").write_text(json.dumps(report, indent=2))
     print(
         f"prepare_batch: {count} hits ({answered} from the cache) in batches of {args.batch}: "
-        f"{report['hits_per_s']:.0f} hits/s, {report['us_per_hit_cpu']:.0f} µs CPU per hit"
+        f"{report['hits_per_s']:.0f} hits/s, {report['us_per_hit_cpu']:.0f} µs CPU per hit; the stored result: "
+        f"{report['result_masks']} masks, {report['result_bytes']:,} bytes (conf {args.conf})"
     )
     print("\n".join(report["profile_top"]))
     return report

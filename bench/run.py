@@ -14,8 +14,9 @@ One process, one machine, the same images for every scenario:
 (cold) a new worker's start to partitions assigned and to its first result (bench/cold.py).
 
 Scenarios run interleaved (a, b, c, d, e in every repeat) so a noisy neighbour hurts them alike; the report is the
-median over ``--repeat`` runs. The models are the random-weight tiny checkpoints at DEFAULT_CONF=0.005: at the
-product default (0.4) random FastSAM finds nothing and every image would fall back to SAM2. See bench/README.md.
+median over ``--repeat`` runs. The models are the demo checkpoints (FastSAM trained on shapes, a random SAM2) at
+DEFAULT_CONF=0.005, so every noisy bench image gets FastSAM masks (at 0.4 some would fall back to SAM2's generator,
+minutes each on a CPU). See bench/README.md.
 """
 
 from __future__ import annotations
@@ -129,7 +130,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--imgsz", type=int, default=None, help="FASTSAM_IMGSZ (default: the product default)")
-    parser.add_argument("--conf", type=float, default=0.005, help="DEFAULT_CONF: 0.005 lets random FastSAM answer")
+    parser.add_argument("--conf", type=float, default=0.005, help="DEFAULT_CONF (0.005: FastSAM answers every image)")
     parser.add_argument(
         "--hits",
         type=int,
@@ -149,7 +150,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     parser.add_argument(
         "--small-size",
         default="160x120",
-        help="WxH of (c)'s small JPEGs (~4 KB); the random FastSAM finds no mask at 128x96 with imgsz 1024",
+        help="WxH of (c)'s small JPEGs (~4 KB); each must get a FastSAM mask at the bench's conf",
     )
     parser.add_argument("--batch-sizes", default="1,2,4,8", help="batch sizes of (e)")
     parser.add_argument("--memory-requests", type=int, default=10_000, help="requests in (f)")
@@ -387,12 +388,12 @@ class Bench:
         warm = make_images(1, self.o.width, self.o.height, first_seed=WARM_SEED)[0]
         result = self.segmenter.segment(warm.pixels)
         if str(result.model) != "fastsam":
-            # Random-weight FastSAM finds nothing at some sizes/thresholds; then every request would fall back to
-            # SAM2's automatic mask generator (minutes per image on a CPU) and the bench would measure that instead.
+            # An image FastSAM finds nothing in falls back to SAM2's automatic mask generator (minutes per image on a
+            # CPU): the bench would measure that instead.
             raise SystemExit(
                 f"FastSAM did not answer the warm-up image ({result.fallback_detail}) at conf "
                 f"{self.settings.default_conf}, imgsz {self.settings.fastsam_imgsz}: the bench measures FastSAM's "
-                "path; with the random demo checkpoints use --conf 0.005 and an imgsz of at least 512"
+                "path: use a lower --conf (the default 0.005 answers every bench image)"
             )
         # ultralytics' select_device() sets torch's threads to min(8, cpus - 1) on CPU at the first predict; the
         # workers go through the same call, so this is also their count (they get it as OMP_NUM_THREADS too).
