@@ -7,7 +7,7 @@ as it arrives, saves overlay pictures of the masks (``out/demo/``), asks the HTT
 ``POST /segment``) for one more, and shuts everything down.
 
 FastSAM runs at the product's defaults (DEFAULT_CONF 0.4, FASTSAM_IMGSZ 1024): the demo FastSAM is trained on
-synthetic shapes (``pipeline/weights/``) and finds some of the samples' shapes there (its recall is in the README).
+synthetic shapes (``pipeline/weights/``) and finds most of the samples' shapes there (its recall is in the README).
 The demo SAM2 has random weights (scaled logits, meaningless masks), so only its automatic generator is made cheaper
 for a CPU (an 8x8 grid and no score filter, overridable by the same variables). Point FASTSAM_MODEL_PATH /
 SAM_MODEL_PATH at real checkpoints for real masks.
