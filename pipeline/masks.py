@@ -20,12 +20,7 @@ import cv2
 import numpy as np
 import torch
 from pycocotools import mask as coco_mask
-from sam2.utils.amg import (
-    batched_mask_to_box,
-    box_xyxy_to_xywh,
-    calculate_stability_score,
-    remove_small_regions,
-)
+from sam2.utils.amg import calculate_stability_score, remove_small_regions
 
 from pipeline.types import RLE, MaskRecord
 
@@ -107,8 +102,63 @@ def clean_mask(mask: np.ndarray, min_region_area: int) -> np.ndarray:
     array = _as_2d_bool(mask)
     if min_region_area <= 0 or not array.any():
         return array.copy()
-    filled, _ = remove_small_regions(array, min_region_area, mode="holes")
-    return _remove_small_islands(np.asarray(filled, dtype=np.bool_), min_region_area)
+    crop, (top, left) = _clean_window(array, min_region_area)
+    return _paste(crop, top, left, array.shape)
+
+
+Bounds = tuple[int, int, int, int]  # first row, last row, first column, last column (inclusive)
+
+
+def _bounds(array: np.ndarray) -> Bounds | None:
+    rows = np.flatnonzero(array.any(axis=1))
+    if not rows.size:
+        return None
+    cols = np.flatnonzero(array.any(axis=0))
+    return int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])
+
+
+def _paste(crop: np.ndarray, top: int, left: int, shape: tuple[int, ...], order: str = "C") -> np.ndarray:
+    full = np.zeros(shape, dtype=crop.dtype, order=order)  # type: ignore[call-overload]
+    full[top : top + crop.shape[0], left : left + crop.shape[1]] = crop
+    return full
+
+
+def _clean_window(array: np.ndarray, min_region_area: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """:func:`clean_mask` of a non-empty mask, worked out on its box plus a margin: the cleaned crop and
+    its (top, left) offset. Equal to SAM2's full-frame ``remove_small_regions`` (holes, then islands), in time
+    proportional to the mask's box rather than the image.
+
+    Why a window is exact: background outside the box can only reach the box through the margin, so a background
+    region that does not touch the margin is a hole wholly inside the window, with the same area as in the full
+    frame; one that touches the margin is at least as large in the full frame as in the window, so when it reaches
+    the threshold inside the window it is kept either way. Only a margin region below the threshold inside the
+    window could be a hole SAM2 fills (a tiny image, a mask cutting a corner off), and then the full frame is used.
+    Filled holes lie inside the box, so islands are the same in the window too.
+    """
+    height, width = array.shape
+    bounds = _bounds(array)
+    assert bounds is not None
+    y0, y1, x0, x1 = bounds
+    # A margin of one pixel, widened to even coordinates: OpenCV labels 8-connected regions in 2x2 blocks, and an
+    # aligned window keeps their order, which decides SAM2's tie between equally small islands (the first is kept).
+    top, left = max(y0 - 1, 0) & ~1, max(x0 - 1, 0) & ~1
+    crop = array[top : min(y1 + 2, height), left : min(x1 + 2, width)]
+    _, labels, stats, _ = cv2.connectedComponentsWithStats((~crop).astype(np.uint8), connectivity=8)
+    small = stats[:, cv2.CC_STAT_AREA] < min_region_area
+    small[0] = False  # label 0 is the mask itself
+    margin = np.concatenate(
+        [
+            labels[0] if top < y0 else labels[:0, 0],
+            labels[-1] if y1 + 1 < height else labels[:0, 0],
+            labels[:, 0] if left < x0 else labels[:0, 0],
+            labels[:, -1] if x1 + 1 < width else labels[:0, 0],
+        ]
+    )
+    if small[margin].any():
+        filled, _ = remove_small_regions(array, min_region_area, mode="holes")
+        return _remove_small_islands(np.asarray(filled, dtype=np.bool_), min_region_area), (0, 0)
+    filled = crop | small[labels] if small.any() else crop
+    return _remove_small_islands(filled, min_region_area), (top, left)
 
 
 def _remove_small_islands(mask: np.ndarray, min_region_area: int) -> np.ndarray:
@@ -129,20 +179,17 @@ def _remove_small_islands(mask: np.ndarray, min_region_area: int) -> np.ndarray:
 
 
 def _pixel_edge_contours(mask: np.ndarray) -> list[np.ndarray]:
-    """Outer contours of a mask along pixel edges, as (N, 2) int arrays of pixel-corner coordinates.
+    """Outer contours of a (cropped) mask along pixel edges, as (N, 2) int arrays of pixel-corner coordinates.
 
     OpenCV traces pixel centres. Tracing the mask upsampled 2x instead and mapping each traced sub-pixel to its
     nearest pixel corner, ``(p + 1) // 2``, turns every step into a move along a pixel edge (or no move), so each
     polygon is the exact outline of its pixels' squares: what COCO means by a polygon.
     """
-    ys, xs = np.nonzero(mask)
-    y0, x0 = int(ys.min()), int(xs.min())
-    crop = mask[y0 : int(ys.max()) + 1, x0 : int(xs.max()) + 1]  # trace only the mask's box: 4x its area, not the image
-    doubled = np.repeat(np.repeat(crop.astype(np.uint8), 2, axis=0), 2, axis=1)
+    doubled = np.repeat(np.repeat(mask.astype(np.uint8), 2, axis=0), 2, axis=1)
     traced, _ = cv2.findContours(doubled, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     contours = []
     for contour in traced:
-        corners = (contour.reshape(-1, 2) + 1) // 2 + (x0, y0)
+        corners = (contour.reshape(-1, 2) + 1) // 2
         step = np.diff(corners, axis=0, append=corners[:1])
         corners, step = corners[step.any(axis=1)], step[step.any(axis=1)]  # drop repeated corners
         before = np.roll(step, 1, axis=0)
@@ -163,15 +210,22 @@ def mask_polygons(mask: np.ndarray, max_contours: int) -> tuple[tuple[float, ...
     if max_contours < 1:
         raise ValueError(f"max_contours must be >= 1, got {max_contours}")
     array = _as_2d_bool(mask)
-    if not array.any():
+    bounds = _bounds(array)
+    if bounds is None:
         return ()
-    _, labels, stats, _ = cv2.connectedComponentsWithStats(array.astype(np.uint8), connectivity=8)
+    y0, y1, x0, x1 = bounds
+    return _crop_polygons(array[y0 : y1 + 1, x0 : x1 + 1], y0, x0, max_contours)
+
+
+def _crop_polygons(crop: np.ndarray, top: int, left: int, max_contours: int) -> tuple[tuple[float, ...], ...]:
+    """:func:`mask_polygons` of a mask tightly cropped to its box, whose top-left pixel is (top, left)."""
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(crop.astype(np.uint8), connectivity=8)
     keyed = []
-    for corners in _pixel_edge_contours(array):
+    for corners in _pixel_edge_contours(crop):
         # The corner right of and below the top-left-most corner touches that region's first pixel.
-        top = corners[np.lexsort((corners[:, 0], corners[:, 1]))[0]]
-        pixels = int(stats[labels[top[1], top[0]], cv2.CC_STAT_AREA])
-        keyed.append((pixels, float(cv2.arcLength(corners.astype(np.float32), True)), corners))
+        first = corners[np.lexsort((corners[:, 0], corners[:, 1]))[0]]
+        pixels = int(stats[labels[first[1], first[0]], cv2.CC_STAT_AREA])
+        keyed.append((pixels, float(cv2.arcLength(corners.astype(np.float32), True)), corners + np.array([left, top])))
     keyed.sort(key=lambda item: (item[0], item[1]), reverse=True)
     return tuple(tuple(float(v) for v in corners.ravel()) for _, _, corners in keyed[:max_contours])
 
@@ -194,14 +248,18 @@ def rasterize_polygons(polygons: Sequence[Sequence[float]], height: int, width: 
 def mask_bbox(mask: np.ndarray) -> tuple[float, float, float, float]:
     """XYWH box of a mask in SAM2's automatic mask generator convention; ``(0, 0, 0, 0)`` when empty.
 
-    ``(x0, y0, x1 - x0, y1 - y0)`` with ``x1, y1`` inclusive, computed with SAM2's own ``batched_mask_to_box``
-    and ``box_xyxy_to_xywh`` so records from FastSAM and SAM2 share one convention. Note that this differs
-    from pycocotools' ``toBbox``, whose width and height are one larger.
+    ``(x0, y0, x1 - x0, y1 - y0)`` with ``x1, y1`` inclusive: what SAM2's ``batched_mask_to_box`` and
+    ``box_xyxy_to_xywh`` give (the tests compare them), read from the mask's occupied rows and columns without a
+    torch round trip. Records from FastSAM and SAM2 share this convention. Note that this differs from
+    pycocotools' ``toBbox``, whose width and height are one larger.
     """
-    array = _as_2d_bool(mask)
-    box = box_xyxy_to_xywh(batched_mask_to_box(torch.from_numpy(np.ascontiguousarray(array))))
-    x, y, w, h = (float(v) for v in box.tolist())
-    return (x, y, w, h)
+    bounds = _bounds(_as_2d_bool(mask))
+    return (0.0, 0.0, 0.0, 0.0) if bounds is None else _xywh(bounds)
+
+
+def _xywh(bounds: Bounds) -> tuple[float, float, float, float]:
+    y0, y1, x0, x1 = bounds
+    return (float(x0), float(y0), float(x1 - x0), float(y1 - y0))
 
 
 def _stability(logits: torch.Tensor, mask_threshold: float, offset: float) -> torch.Tensor:
@@ -248,15 +306,26 @@ def build_mask_record(
     The mask is cleaned first when ``post_process`` is set; RLE, polygons, bbox and area are then all taken
     from that same final mask so they cannot disagree.
     """
-    final = clean_mask(mask, min_region_area) if post_process else _as_2d_bool(mask)
-    area = int(np.count_nonzero(final))
-    if area == 0:
+    array = _as_2d_bool(mask)
+    bounds = _bounds(array)
+    if bounds is None:
         return None
+    # Everything but the RLE is worked out on the mask's box: 23 masks of a 640 x 480 image cost a fifth as much.
+    if post_process and min_region_area > 0:
+        window, (top, left) = _clean_window(array, min_region_area)
+        inner = _bounds(window)
+        assert inner is not None  # cleaning never empties a non-empty mask
+        bounds = (inner[0] + top, inner[1] + top, inner[2] + left, inner[3] + left)
+        crop = window[inner[0] : inner[1] + 1, inner[2] : inner[3] + 1]
+    else:
+        crop = array[bounds[0] : bounds[1] + 1, bounds[2] : bounds[3] + 1]
+    y0, _, x0, _ = bounds
+    encoded = coco_mask.encode(_paste(crop.view(np.uint8), y0, x0, array.shape, order="F"))
     return MaskRecord(
-        rle=encode_rle(final),
-        polygons=mask_polygons(final, max_contours),
-        bbox=mask_bbox(final),
-        area=area,
+        rle=RLE(size=(array.shape[0], array.shape[1]), counts=encoded["counts"].decode("ascii")),
+        polygons=_crop_polygons(crop, y0, x0, max_contours),
+        bbox=_xywh(bounds),
+        area=int(np.count_nonzero(crop)),
         predicted_iou=float(predicted_iou),
         stability_score=float(stability_score),
     )

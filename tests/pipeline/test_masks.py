@@ -13,7 +13,13 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from pycocotools import mask as coco_mask
-from sam2.utils.amg import coco_encode_rle, mask_to_rle_pytorch, remove_small_regions
+from sam2.utils.amg import (
+    batched_mask_to_box,
+    box_xyxy_to_xywh,
+    coco_encode_rle,
+    mask_to_rle_pytorch,
+    remove_small_regions,
+)
 
 from pipeline.masks import (
     MASK_FIELD_DOCS,
@@ -341,6 +347,66 @@ def test_clean_mask_matches_sam2_postprocess_small_regions(mask: np.ndarray, are
     np.testing.assert_array_equal(clean_mask(mask, area), np.asarray(expected, bool))
 
 
+def sam2_cleanup(mask: np.ndarray, area: int) -> np.ndarray:
+    """SAM2's own full-frame cleanup (holes, then islands): the reference for the windowed one."""
+    filled, _ = remove_small_regions(mask, area, mode="holes")
+    cleaned, _ = remove_small_regions(np.asarray(filled, bool), area, mode="islands")
+    return np.asarray(cleaned, bool)
+
+
+def _two_specks() -> np.ndarray:
+    mask = np.zeros((24, 24), bool)
+    mask[2, 2] = mask[3, 0] = True  # labelled in 2x2 blocks, (3, 0) comes first; a window from row 1 reversed them
+    return mask
+
+
+@st.composite
+def masks_in_images(draw: st.DrawFn) -> np.ndarray:
+    """A speckled patch somewhere in a larger image: near or on its borders, in its corners, or filling it."""
+    height, width = draw(st.integers(1, 90)), draw(st.integers(1, 90))
+    ph, pw = draw(st.integers(1, height)), draw(st.integers(1, width))
+    top, left = draw(st.integers(0, height - ph)), draw(st.integers(0, width - pw))
+    density = draw(st.sampled_from([0.05, 0.5, 0.8, 0.95]))  # sparse: many equally small islands (ties)
+    seed = draw(st.integers(0, 2**32 - 1))
+    mask = np.zeros((height, width), bool)
+    mask[top : top + ph, left : left + pw] = np.random.default_rng(seed).random((ph, pw)) < density
+    return mask
+
+
+@settings(max_examples=300, deadline=None)
+@given(masks_in_images(), st.sampled_from([1, 2, 5, 20, 100, 400]))
+@example(np.pad(np.ones((3, 3), bool), 1), 100)  # a 5x5 image: the margin region is smaller than the threshold
+@example(np.pad(np.ones((50, 50), bool), ((1, 30), (1, 30))), 10)  # a one-pixel strip cut off at two borders
+@example(_two_specks(), 2)  # two equally small islands: SAM2 keeps the first OpenCV labels
+def test_windowed_cleanup_equals_sam2_on_the_full_frame(mask: np.ndarray, area: int) -> None:
+    if not mask.any():
+        return
+    np.testing.assert_array_equal(clean_mask(mask, area), sam2_cleanup(mask, area))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_windowed_cleanup_fills_holes_at_the_edge_of_the_box(kind: str, seed: int) -> None:
+    mask = draw(kind, 120, seed=seed)
+    ys, xs = np.nonzero(mask)
+    rng = np.random.default_rng(seed)
+    for y, x in zip(ys[rng.integers(len(ys), size=30)], xs[rng.integers(len(xs), size=30)], strict=True):
+        mask[y, x] = False  # pinholes, some on the outline (open to the outside: not holes)
+    mask[ys.min() - 5 : ys.min() - 3, xs.min() : xs.min() + 3] = True  # a speck just outside the box
+    np.testing.assert_array_equal(clean_mask(mask, 50), sam2_cleanup(mask, 50))
+
+
+def _record(mask: np.ndarray, post_process: bool, area: int, max_contours: int) -> MaskRecord | None:
+    return build_mask_record(
+        mask,
+        predicted_iou=0.5,
+        stability_score=0.5,
+        max_contours=max_contours,
+        post_process=post_process,
+        min_region_area=area,
+    )
+
+
 # --- bbox --------------------------------------------------------------------------------------------------------
 
 
@@ -367,6 +433,8 @@ def test_bbox_matches_the_mask_extent(mask: np.ndarray) -> None:
     ys, xs = np.nonzero(mask)
     expected = (xs.min(), ys.min(), xs.max() - xs.min(), ys.max() - ys.min())
     assert mask_bbox(mask) == tuple(float(v) for v in expected)
+    sam2_box = box_xyxy_to_xywh(batched_mask_to_box(torch.from_numpy(mask)))  # SAM2's generator's own convention
+    assert mask_bbox(mask) == tuple(float(v) for v in sam2_box.tolist())
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -491,22 +559,18 @@ def test_record_is_none_for_an_empty_mask() -> None:
 
 
 @fast
-@given(random_masks, st.booleans(), st.integers(0, 30), st.integers(1, 5))
+@given(st.one_of(random_masks, masks_in_images()), st.booleans(), st.integers(0, 40), st.integers(1, 5))
 def test_record_fields_agree_on_random_masks(
     mask: np.ndarray, post_process: bool, area: int, max_contours: int
 ) -> None:
-    record = build_mask_record(
-        mask,
-        predicted_iou=0.5,
-        stability_score=0.5,
-        max_contours=max_contours,
-        post_process=post_process,
-        min_region_area=area,
-    )
+    record = _record(mask, post_process, area, max_contours)
     if not mask.any():
         assert record is None
         return
     assert record is not None
+    final = sam2_cleanup(mask, area) if post_process and area > 0 else mask
+    assert record.rle == encode_rle(final), "the windowed record equals the full-frame computation"
+    assert record.polygons == mask_polygons(final, max_contours)
     decoded = decode_rle(record.rle)
     assert decoded.sum() == record.area > 0
     assert record.bbox == mask_bbox(decoded)
