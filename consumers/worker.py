@@ -15,9 +15,14 @@ finishes within SHUTDOWN_TIMEOUT_S in total, hand the rest back uncommitted, flu
 
 from __future__ import annotations
 
+import os
+
+# Before anything loads torch: the models run on the inference thread, and OpenMP's default spin-waiting of the
+# other threads' pools took the cores from it (bench/README.md, "Where (b) loses to (a)"). An explicit value wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import logging
-import os
 import sys
 import threading
 import time
