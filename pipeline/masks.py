@@ -310,7 +310,7 @@ def build_mask_record(
     bounds = _bounds(array)
     if bounds is None:
         return None
-    # Everything but the RLE is worked out on the mask's box: 23 masks of a 640 x 480 image cost a fifth as much.
+    # Everything but the RLE is worked out on the mask's box: the cost follows the mask's size, not the image's.
     if post_process and min_region_area > 0:
         window, (top, left) = _clean_window(array, min_region_area)
         inner = _bounds(window)
