@@ -102,7 +102,9 @@ def clean_mask(mask: np.ndarray, min_region_area: int) -> np.ndarray:
     array = _as_2d_bool(mask)
     if min_region_area <= 0 or not array.any():
         return array.copy()
-    crop, (top, left) = _clean_window(array, min_region_area)
+    bounds = _bounds(array)
+    assert bounds is not None
+    crop, (top, left) = _clean_window(array, bounds, min_region_area)
     return _paste(crop, top, left, array.shape)
 
 
@@ -123,9 +125,9 @@ def _paste(crop: np.ndarray, top: int, left: int, shape: tuple[int, ...], order:
     return full
 
 
-def _clean_window(array: np.ndarray, min_region_area: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """:func:`clean_mask` of a non-empty mask, worked out on its box plus a margin: the cleaned crop and
-    its (top, left) offset. Equal to SAM2's full-frame ``remove_small_regions`` (holes, then islands), in time
+def _clean_window(array: np.ndarray, bounds: Bounds, min_region_area: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """:func:`clean_mask` of a non-empty mask with box ``bounds``, worked out on that box plus a margin: the cleaned
+    crop and its (top, left) offset. Equal to SAM2's full-frame ``remove_small_regions`` (holes, then islands), in time
     proportional to the mask's box rather than the image.
 
     Why a window is exact: background outside the box can only reach the box through the margin, so a background
@@ -136,8 +138,6 @@ def _clean_window(array: np.ndarray, min_region_area: int) -> tuple[np.ndarray, 
     Filled holes lie inside the box, so islands are the same in the window too.
     """
     height, width = array.shape
-    bounds = _bounds(array)
-    assert bounds is not None
     y0, y1, x0, x1 = bounds
     # A margin of one pixel, widened to even coordinates: OpenCV labels 8-connected regions in 2x2 blocks, and an
     # aligned window keeps their order, which decides SAM2's tie between equally small islands (the first is kept).
@@ -312,7 +312,7 @@ def build_mask_record(
         return None
     # Everything but the RLE is worked out on the mask's box: the cost follows the mask's size, not the image's.
     if post_process and min_region_area > 0:
-        window, (top, left) = _clean_window(array, min_region_area)
+        window, (top, left) = _clean_window(array, bounds, min_region_area)
         inner = _bounds(window)
         assert inner is not None  # cleaning never empties a non-empty mask
         bounds = (inner[0] + top, inner[1] + top, inner[2] + left, inner[3] + left)
