@@ -21,6 +21,7 @@ from collections.abc import Callable
 from consumers.lifecycle import Lifecycle
 from consumers.offsets import TopicPartitionKey
 from consumers.processor import (
+    Answered,
     InboundRecord,
     InternalError,
     Outcome,
@@ -33,8 +34,9 @@ log = logging.getLogger(__name__)
 
 FAST_PATH_CHUNK = 64  # records per fast-path task: several chunks run on the stage's threads at once
 
-#: (record, its outcome or None when handed back unanswered): each record leaves the stages once, this way
-Finish = Callable[[InboundRecord, Outcome | None], None]
+#: (record, its outcome, Answered when this group delivered it before, or None when handed back unanswered): each
+#: record leaves the stages once, this way
+Finish = Callable[[InboundRecord, Outcome | Answered | None], None]
 
 
 class DecodeStage:
@@ -107,7 +109,7 @@ class DecodeStage:
             log.exception("fast path failed for %d records", len(records))
             items = [self.processor.failure(r, InternalError(f"{type(exc).__name__}: {exc}")) for r in records]
         for item in items:
-            if isinstance(item, Outcome):
+            if isinstance(item, Outcome | Answered):
                 self._finish(item.record, item)
                 continue
             with self._lock:  # checked under the lock that hand_back() empties the backlog with: none slips past it
@@ -129,6 +131,10 @@ class DecodeStage:
         for item in dropped:
             self._finish(item.record, None)
         return len(dropped)
+
+    def run(self, task: Callable[[], None]) -> None:
+        """Run ``task`` on one of the stage's threads (Redis calls the poll loop must not wait for)."""
+        self._tasks.put(task)
 
     # -- the model path's preparation ------------------------------------------------------------------------
     def feed(self) -> None:

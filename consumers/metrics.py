@@ -130,6 +130,11 @@ class _LiveState(Collector):
         state = self.source.snapshot()
         yield GaugeMetricFamily("segpipe_in_flight", "Records consumed and not yet acknowledged", state.in_flight)
         yield GaugeMetricFamily(
+            "segpipe_in_flight_bytes",
+            "Request bytes fetched and held until their results are delivered",
+            state.held_bytes,
+        )
+        yield GaugeMetricFamily(
             "segpipe_backlog", "Records waiting for a model-path slot (not answered by the cache)", state.backlog
         )
         yield GaugeMetricFamily("segpipe_consumed", "Records consumed since start", state.consumed)
@@ -148,6 +153,7 @@ def health(state: WorkerState) -> tuple[bool, dict[str, object]]:
         "since_last_poll_s": round(state.since_last_poll_s, 3),
         "assigned_partitions": state.assigned_partitions,
         "in_flight": state.in_flight,
+        "in_flight_bytes": state.held_bytes,
         "backlog": state.backlog,
         "paused": state.paused,
         "redis": state.redis_healthy,

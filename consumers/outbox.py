@@ -10,10 +10,11 @@ from __future__ import annotations
 import logging
 import queue
 import time
+from collections.abc import Callable
 
 from consumers.lifecycle import Lifecycle
 from consumers.offsets import OffsetTracker, TopicPartitionKey
-from consumers.processor import InboundRecord, Outcome
+from consumers.processor import Answered, InboundRecord, Outcome
 from consumers.sink import ResultSink
 
 log = logging.getLogger(__name__)
@@ -24,13 +25,21 @@ DRAIN_POLL_S = 0.02  # delivery-callback wait per drain turn
 class Outbox:
     """Finished work waiting for the poll loop."""
 
-    def __init__(self, tracker: OffsetTracker, sink: ResultSink, lifecycle: Lifecycle) -> None:
+    def __init__(
+        self,
+        tracker: OffsetTracker,
+        sink: ResultSink,
+        lifecycle: Lifecycle,
+        answered: Callable[[InboundRecord], None] = lambda record: None,
+    ) -> None:
+        """``answered(record)``: a record this group delivered before is done here too, with nothing to publish."""
         self._tracker = tracker
         self._sink = sink
         self._lifecycle = lifecycle
-        self._finished: queue.SimpleQueue[tuple[InboundRecord, Outcome | None]] = queue.SimpleQueue()
+        self._answered = answered
+        self._finished: queue.SimpleQueue[tuple[InboundRecord, Outcome | Answered | None]] = queue.SimpleQueue()
 
-    def put(self, record: InboundRecord, outcome: Outcome | None) -> None:
+    def put(self, record: InboundRecord, outcome: Outcome | Answered | None) -> None:
         """From any thread: ``record`` left its stage with ``outcome`` (None: given back unanswered)."""
         self._finished.put((record, outcome))
 
@@ -47,6 +56,8 @@ class Outbox:
             tp = (record.topic, record.partition)
             if outcome is None:
                 self._tracker.hand_back(tp, record.offset)
+            elif isinstance(outcome, Answered):
+                self._answered(record)
             elif not self._tracker.is_pending(tp, record.offset):
                 # Its partition was revoked or lost before the work finished and handed back uncommitted: the new
                 # owner answers it (from the dedup cache when this worker stored the result), so publishing it here

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from consumers.dedup import DedupCache, dedup_key, model_fingerprint, payload_key
+from consumers.dedup import DedupCache, answered_key, dedup_key, model_fingerprint, payload_key
 from pipeline.errors import ImageTooLargeError, InvalidImageError, MalformedRequestError, SegmentationError
 from pipeline.image_io import ImageLimits, decode_image, image_sha256
 from pipeline.segmenter import Segmenter, resolve_params, validate_prompts
@@ -114,6 +114,13 @@ class Outcome:
 
 
 @dataclass(frozen=True, slots=True)
+class Answered:
+    """A redelivered record whose result this group already delivered: its offset moves on, nothing is published."""
+
+    record: InboundRecord
+
+
+@dataclass(frozen=True, slots=True)
 class ParsedRequest:
     """A record whose request parsed but that the cache did not answer by its payload: it needs the model path."""
 
@@ -152,6 +159,7 @@ class RequestProcessor:
         worker_id: str,
         codec: WireCodec = PLAIN,
         max_record_bytes: int | None = None,
+        scope: str | None = None,
     ) -> None:
         """``max_record_bytes`` (the worker passes KAFKA_MESSAGE_MAX_BYTES) is the largest record accepted, and the
         largest dead letter this worker can publish: bigger records are refused unread and referenced, not copied."""
@@ -163,14 +171,33 @@ class RequestProcessor:
         self.limits = ImageLimits.from_settings(segmenter.settings)
         self.fingerprint = model_fingerprint(segmenter.settings)
         self.dedup_wait_s = cache.settings.max_wait if cache is not None else 0.0
+        # The consumer group: records it delivered are marked so, and skipped when redelivered (None: not marked).
+        self.scope = scope
+
+    def answered_key(self, record: InboundRecord) -> str | None:
+        if self.scope is None or self.cache is None:
+            return None
+        return answered_key(self.scope, record.topic, record.partition, record.offset, record.timestamp_ms)
+
+    def mark_answered(self, records: Sequence[InboundRecord]) -> None:
+        """Remember these delivered records (see :class:`Answered`); Redis round trip, so off the poll loop."""
+        if self.cache is not None:
+            self.cache.mark_answered([key for record in records if (key := self.answered_key(record)) is not None])
 
     # -- stage 1a: the fast path (a batch of records, on the decode pool) -------------------------------------
-    def prepare_batch(self, records: Sequence[InboundRecord]) -> list[Outcome | ParsedRequest]:
+    def prepare_batch(self, records: Sequence[InboundRecord]) -> list[Outcome | ParsedRequest | Answered]:
         """Parse every record and answer the repeats of stored payloads; one item per record, in order: a final
-        outcome (a cache hit, or a request that failed to parse) or a :class:`ParsedRequest` for :meth:`prepare`."""
-        items: list[Outcome | ParsedRequest] = [self._parse_checked(record) for record in records]
+        outcome (a cache hit, or a request that failed to parse), :class:`Answered` for a record this group already
+        answered, or a :class:`ParsedRequest` for :meth:`prepare`."""
         if self.cache is None:
-            return items
+            return [self._parse_checked(record) for record in records]
+        keys = [self.answered_key(record) for record in records]
+        marked = self.cache.answered([key for key in keys if key is not None]) if self.scope is not None else []
+        done = iter(marked)
+        items: list[Outcome | ParsedRequest | Answered] = [
+            Answered(record) if key is not None and next(done) else self._parse_checked(record)
+            for record, key in zip(records, keys, strict=True)
+        ]
         parsed = [(index, item) for index, item in enumerate(items) if isinstance(item, ParsedRequest)]
         lookup_started = time.perf_counter()
         stored = self.cache.lookup_payloads([item.payload_key for _, item in parsed])

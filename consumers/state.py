@@ -19,6 +19,7 @@ class WorkerState:
     assigned_partitions: int
     paused: bool
     in_flight: int  # consumed and not yet acknowledged by a commit
+    held_bytes: int  # request payloads fetched and still held (result not delivered yet)
     backlog: int  # waiting for a model-path slot
     consumed: int
     published: int

@@ -22,6 +22,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
+import gc
 import logging
 import sys
 import threading
@@ -53,6 +54,9 @@ log = logging.getLogger(__name__)
 GPU_BATCH_SIZE = 4  # BATCH_SIZE when unset on a GPU
 CONSUME_BATCH = 256  # most records taken from the client per poll
 CACHE_CLOSE_S = 0.5  # the cache's close (a Redis round trip) may run this long past the deadline
+MIB = 1024 * 1024
+MARK_INTERVAL_S = 0.02  # delivered records are marked answered at least this often (the commit interval)...
+MARK_BATCH = 256  # ...or once this many are waiting
 
 
 class Worker:
@@ -66,8 +70,12 @@ class Worker:
         cache: DedupCache | None = None,
         consumer_overrides: dict | None = None,
         codec: WireCodec | None = None,
+        freeze_gc: bool = False,
     ) -> None:
+        """``freeze_gc``: once the models are loaded, move every object to the collector's permanent generation
+        (for the worker's own process; not for one that starts several workers)."""
         self.settings = settings
+        self._freeze_gc = freeze_gc
         self.lifecycle = Lifecycle(settings.worker.shutdown_timeout_s)
         self.segmenter = segmenter or Segmenter(settings.models)
         self._own_cache = cache is None and settings.redis.enabled
@@ -80,6 +88,7 @@ class Worker:
             worker_id=settings.worker.worker_id,
             codec=self.codec,
             max_record_bytes=settings.kafka.message_max_bytes,
+            scope=settings.kafka.group_id,
         )
         self.tracker = OffsetTracker()
         self._consumer_overrides = consumer_overrides or {}
@@ -87,6 +96,9 @@ class Worker:
         self.started = threading.Event()  # set once models are loaded and the worker has subscribed
         self.running = False
         self.consumed = self.published = 0
+        self.answered_again = 0  # redelivered records skipped: this group had delivered their results
+        self._delivered: list[InboundRecord] = []  # to mark as answered (poll-loop thread)
+        self._last_mark = 0.0
         self.on_outcome: Callable[[Outcome], None] | None = None  # tests and metrics hook
         self.lingering: list[str] = []  # stage threads still busy at the end of run() (inside the model)
         self._loop: ConsumerLoop | None = None
@@ -135,6 +147,7 @@ class Worker:
             assigned_partitions=len(self.assigned),
             paused=self.paused,
             in_flight=self.tracker.count(),
+            held_bytes=self.tracker.held_bytes(),
             backlog=self.backlog,
             consumed=self.consumed,
             published=self.published,
@@ -155,6 +168,11 @@ class Worker:
         except BaseException:
             pipeline.loop.close()  # leave the group now rather than after the session timeout
             raise
+        if self._freeze_gc:
+            # The models' objects live as long as the process; frozen, the collector's full passes, which the
+            # per-record garbage of a stream of cache hits sets off, no longer walk them.
+            gc.collect()
+            gc.freeze()
         if lifecycle.is_stopping:  # stopped while the models loaded
             pipeline.loop.close()
             self._close_cache()
@@ -181,7 +199,7 @@ class Worker:
         """The stages and their hand-offs."""
         kafka, worker, lifecycle = self.settings.kafka, self.settings.worker, self.lifecycle
         sink = ResultSink(make_producer(kafka), kafka, self.codec, published=self._published)
-        outbox = Outbox(self.tracker, sink, lifecycle)
+        outbox = Outbox(self.tracker, sink, lifecycle, answered=self._answered_before)
         model: MicroBatcher | None = None
         decode = DecodeStage(
             self.processor,
@@ -209,11 +227,38 @@ class Worker:
             # max.poll.interval.ms is expelled (another rebalance): so at most half of it.
             revoke_timeout_s=min(worker.shutdown_timeout_s, kafka.max_poll_interval_ms / 2000.0),
             ready=self.ready,
-            drain=outbox.drain,
+            drain=lambda partitions, deadline: self._drain(outbox, partitions, deadline),
             hand_back=decode.hand_back,
         )
-        limits = backpressure.Limits(self.max_in_flight, worker.max_workers)
-        return _Pipeline(lifecycle, self.tracker, limits, loop, decode, model, outbox, sink)
+        limits = backpressure.Limits(self.max_in_flight, worker.max_workers, worker.max_in_flight_mb * MIB)
+        # Until a poll shows what records weigh, assume the largest a record may be.
+        mark = lambda: self._mark_delivered(decode.run)  # noqa: E731
+        return _Pipeline(
+            lifecycle, self.tracker, limits, loop, decode, model, outbox, sink, mark, kafka.message_max_bytes
+        )
+
+    def _mark_delivered(self, run: Callable[[Callable[[], None]], None], *, now: bool = False) -> None:
+        """Mark the records delivered so far as answered, by ``run`` (a stage thread, or at once): every
+        MARK_INTERVAL_S or MARK_BATCH records (a Redis round trip per poll-loop turn cost more than the hits)."""
+        due = now or len(self._delivered) >= MARK_BATCH or time.monotonic() - self._last_mark >= MARK_INTERVAL_S
+        if self._delivered and due:
+            records, self._delivered = self._delivered, []
+            self._last_mark = time.monotonic()
+            run(lambda: self.processor.mark_answered(records))
+
+    def _drain(self, outbox: Outbox, partitions: set[TopicPartitionKey], deadline: float) -> bool:
+        """A revocation's drain; then the marks, at once: the partitions' next owner may fetch these records next."""
+        drained = outbox.drain(partitions, deadline)
+        self._mark_delivered(lambda task: task(), now=True)
+        return drained
+
+    def _answered_before(self, record: InboundRecord) -> None:
+        """A redelivered record this group had delivered: its offset moves on, nothing is published again."""
+        self.answered_again += 1
+        log.debug("%s:%s@%s was answered before: not published again", record.topic, record.partition, record.offset)
+        next_offset = self.tracker.done((record.topic, record.partition), record.offset)
+        if next_offset is not None and self._loop is not None:
+            self._loop.store(record, next_offset)
 
     def _close_cache(self) -> None:
         """Drop our liveness key so peers take over claims we still hold at once. Against a hung Redis that is a
@@ -238,6 +283,8 @@ class Worker:
         next_offset = self.tracker.done((record.topic, record.partition), record.offset)
         if next_offset is not None and self._loop is not None:
             self._loop.store(record, next_offset)
+        if self.processor.scope is not None:
+            self._delivered.append(record)
 
 
 def _log_result(outcome: Outcome) -> None:
@@ -267,6 +314,8 @@ class _Pipeline:
     model: MicroBatcher
     outbox: Outbox
     sink: ResultSink
+    mark: Callable[[], None]  # marks the records delivered since the last turn as answered
+    record_bytes: int  # the largest record of the last poll that took any: what the next poll expects per record
 
     def start(self) -> None:
         self.decode.start()
@@ -276,15 +325,21 @@ class _Pipeline:
         """Publish what finished, feed the model path, commit, pace, poll and hand the records on; how many."""
         loop, decode, outbox, limits = self.loop, self.decode, self.outbox, self.limits
         outbox.pump()
+        self.mark()
         decode.feed()
         loop.commit_stored(limits.max_in_flight)
         in_flight = self.tracker.count()
-        loop.pause(backpressure.should_pause(loop.paused, in_flight, decode.backlog, limits))
+        held = self.tracker.held_bytes()
+        loop.pause(backpressure.should_pause(loop.paused, in_flight, decode.backlog, limits, held))
         answer_due = loop.commit_due or not outbox.empty()
         timeout = backpressure.poll_timeout(in_flight, decode.active + decode.backlog, answer_due)
-        records = loop.poll(backpressure.fetch_size(in_flight, limits, CONSUME_BATCH), timeout)
-        for record in records:
-            self.tracker.add((record.topic, record.partition), record.offset)
+        most = backpressure.fetch_size(in_flight, limits, CONSUME_BATCH, held, self.record_bytes)
+        records = loop.poll(most, timeout)
+        sizes = [len(record.value or b"") for record in records]
+        for record, size in zip(records, sizes, strict=True):
+            self.tracker.add((record.topic, record.partition), record.offset, size)
+        if sizes:
+            self.record_bytes = max(1, max(sizes))
         decode.submit(records)
         return len(records)
 
@@ -333,7 +388,9 @@ def main(argv: list[str] | None = None) -> None:
     _preflight(settings)
     # Per-partition lag for /metrics, from librdkafka's statistics (served on the poll loop's thread).
     lag = LagTracker()
-    worker = Worker(settings, consumer_overrides=lag.consumer_config() if settings.worker.metrics_port else None)
+    worker = Worker(
+        settings, consumer_overrides=lag.consumer_config() if settings.worker.metrics_port else None, freeze_gc=True
+    )
     worker.lifecycle.install_signal_handlers()  # before the models load: a stop then ends the start-up
     server = None
     if settings.worker.metrics_port:

@@ -175,6 +175,12 @@ class RedisSettings(BaseSettings):
         30, ge=1, description="seconds an unrefreshed in-flight claim lives: the backstop behind REDIS_LIVENESS_TTL"
     )
     max_wait: float = Field(600.0, gt=0, description="most seconds a repeat waits for a live peer's result")
+    answered_ttl: int = Field(
+        3600,
+        ge=0,
+        description="seconds a delivered record is remembered as answered, so that when the group redelivers it "
+        "(after a kill -9 or a rebalance, before its offset was committed) it is not published again (0: off)",
+    )
     socket_timeout: float = Field(2.0, gt=0)
     liveness_ttl: float = Field(
         5.0,
@@ -263,12 +269,21 @@ class WorkerSettings(BaseSettings):
         "threads. >= 2 x BATCH_SIZE lets the next batch decode while the current one runs",
     )
     max_in_flight: int = Field(
-        256,
+        4096,
         ge=1,
         le=100_000,
         description="records a worker holds uncommitted (fetched, being answered, or waiting for the commit): it "
         "pauses its partitions there. Dedup hits are answered in bulk, so this, not MAX_WORKERS, bounds their "
-        "throughput; it is also the most a kill -9 redelivers and the worker's buffer (x the largest request)",
+        "throughput (a record counts until its commit is acknowledged: hits/s <= this / the round trip); it is also "
+        "the most a kill -9 redelivers",
+    )
+    max_in_flight_mb: int = Field(
+        256,
+        ge=1,
+        le=1_000_000,
+        description="MiB of request payloads a worker holds (fetched, result not yet delivered): it pauses its "
+        "partitions there too, so a backlog of large images stays bounded in memory. One poll may pass it: it "
+        "takes up to 256 records that librdkafka already holds in its own bounded queue",
     )
     batch_size: int | None = Field(
         None,

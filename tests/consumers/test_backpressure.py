@@ -19,11 +19,29 @@ def test_pauses_at_either_limit_and_resumes_at_half_of_both() -> None:
     assert not should_pause(True, 4, 2, LIMITS), "resumes at half of both"
 
 
+def test_pauses_at_the_byte_bound_too_and_resumes_at_half_of_it() -> None:
+    limits = Limits(max_in_flight=8, max_backlog=4, max_held_bytes=1000)
+    assert not should_pause(False, 1, 0, limits, held_bytes=999)
+    assert should_pause(False, 1, 0, limits, held_bytes=1000), "MAX_IN_FLIGHT_MB reached with few records"
+    assert should_pause(True, 1, 0, limits, held_bytes=501), "paused: stays so above half of it"
+    assert not should_pause(True, 1, 0, limits, held_bytes=500)
+    assert not should_pause(False, 1, 0, LIMITS, held_bytes=10**12), "no byte bound: bytes never pause"
+
+
 def test_a_poll_never_takes_more_than_max_in_flight_allows() -> None:
     assert fetch_size(0, LIMITS, most=256) == 8
     assert fetch_size(6, LIMITS, most=256) == 2
     assert fetch_size(8, LIMITS, most=256) == 1, "at least one: polling serves the group and the callbacks"
     assert fetch_size(0, Limits(1000, 4), most=256) == 256
+
+
+def test_a_poll_takes_what_the_byte_bound_has_room_for_at_the_expected_record_size() -> None:
+    limits = Limits(max_in_flight=1000, max_backlog=4, max_held_bytes=1000)
+    assert fetch_size(0, limits, most=256, held_bytes=0, record_bytes=100) == 10
+    assert fetch_size(0, limits, most=256, held_bytes=650, record_bytes=100) == 3
+    assert fetch_size(0, limits, most=256, held_bytes=0, record_bytes=5000) == 1, "a record larger than the bound"
+    assert fetch_size(0, limits, most=256, held_bytes=1200, record_bytes=100) == 1
+    assert fetch_size(0, limits, most=256, held_bytes=0, record_bytes=1) == 256, "small records: MAX_IN_FLIGHT"
 
 
 def test_polls_long_only_while_everything_uncommitted_is_in_the_model() -> None:

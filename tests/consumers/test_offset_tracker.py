@@ -86,3 +86,44 @@ def test_a_handed_back_record_is_owed_by_no_stage_yet_blocks_its_partition() -> 
     tracker.hand_back(("in", 9), 1)  # not ours: ignored
     tracker.forget({TP})
     assert tracker.owed() == 0 and tracker.count() == 0
+
+
+def test_held_bytes_follow_the_payloads_until_each_record_leaves_the_stages() -> None:
+    """A payload is held from consume until its result is delivered, it is handed back or its partition is lost;
+    an offset may stay uncommitted after that, but its bytes are gone."""
+    tracker = OffsetTracker()
+    other = ("in", 1)
+    tracker.add(TP, 0, 1000)
+    tracker.add(TP, 1, 200)
+    tracker.add(TP, 2, 30)
+    tracker.add(other, 0, 4)
+    assert tracker.held_bytes() == 1234
+    tracker.done(TP, 1)
+    assert tracker.held_bytes() == 1034, "delivered: dropped, although offset 1 waits behind 0"
+    tracker.hand_back(TP, 0)
+    tracker.hand_back(TP, 0)  # twice: released once
+    assert tracker.held_bytes() == 34
+    tracker.done(TP, 7)  # never consumed: nothing to release
+    tracker.forget({TP})
+    assert tracker.held_bytes() == 4, "a lost partition's records are its next owner's"
+    tracker.done(other, 0)
+    assert tracker.held_bytes() == 0 and tracker.count(unacknowledged=False) == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2), st.integers(0, 5000)), min_size=1, max_size=40), st.randoms())
+def test_held_bytes_are_the_sizes_of_the_records_still_owed(records: list, rng: random.Random) -> None:
+    tracker = OffsetTracker()
+    owed: dict[tuple[tuple[str, int], int], int] = {}
+    for offset, (partition, size) in enumerate(records):
+        tracker.add(("in", partition), offset, size)
+        owed[(("in", partition), offset)] = size
+    for tp, offset in rng.sample(list(owed), len(owed)):
+        action = rng.choice(("done", "hand_back", "forget"))
+        if action == "forget":
+            tracker.forget({tp})
+            owed = {key: size for key, size in owed.items() if key[0] != tp}
+        else:
+            getattr(tracker, action)(tp, offset)
+            owed.pop((tp, offset), None)
+        assert tracker.held_bytes() == sum(owed.values())

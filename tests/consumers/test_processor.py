@@ -13,7 +13,14 @@ import redis
 
 import consumers.processor as processor_module
 from consumers.dedup import KEY_PREFIX, DedupCache
-from consumers.processor import InboundRecord, Outcome, ParsedRequest, PendingSegmentation, RequestProcessor
+from consumers.processor import (
+    Answered,
+    InboundRecord,
+    Outcome,
+    ParsedRequest,
+    PendingSegmentation,
+    RequestProcessor,
+)
 from pipeline.segmenter import Segmenter
 from pipeline.settings import ModelSettings
 from pipeline.types import ModelChoice, SegmentParams
@@ -135,10 +142,36 @@ def test_an_expired_or_unreadable_entry_is_recomputed(processor: RequestProcesso
     assert isinstance(item, ParsedRequest)
 
 
+def test_a_redelivered_record_this_group_delivered_is_not_answered_again(
+    segmenter: Segmenter, dedup_cache: DedupCache, redis_client: redis.Redis
+) -> None:
+    """After a kill -9 or a rebalance the group redelivers what was not committed; what had been delivered is marked,
+    by the record's own coordinates and per consumer group, and only those are skipped."""
+    group_a = RequestProcessor(segmenter, dedup_cache, worker_id="w-a", scope="group-a")
+    group_b = RequestProcessor(segmenter, dedup_cache, worker_id="w-b", scope="group-b")
+    unscoped = RequestProcessor(segmenter, dedup_cache, worker_id="w-c")
+    png = _png(_pixels(7))
+    delivered, broken, pending = _record("done", png), _record("bad", b"junk"), _record("not-yet", png)
+    group_a.mark_answered([delivered, broken])
+
+    again, bad_again, other = group_a.prepare_batch([delivered, broken, pending])
+    assert isinstance(again, Answered) and again.record is delivered
+    assert isinstance(bad_again, Answered), "an error result and its dead letter are not published twice either"
+    assert isinstance(other, ParsedRequest), "never delivered: answered as usual"
+    assert all(not isinstance(item, Answered) for item in group_b.prepare_batch([delivered, broken]))
+    assert all(not isinstance(item, Answered) for item in unscoped.prepare_batch([delivered, broken]))
+
+    # The same offset with another timestamp is another record (a topic deleted and created again).
+    reborn = InboundRecord(delivered.value, delivered.key, delivered.headers, "in", 0, delivered.offset, 12345)
+    assert not isinstance(group_a.prepare_batch([reborn])[0], Answered)
+    ttls = [redis_client.ttl(key) for key in redis_client.scan_iter(f"{KEY_PREFIX}:answered:*")]
+    assert len(ttls) == 2 and all(0 < ttl <= dedup_cache.settings.answered_ttl for ttl in ttls)
+
+
 def test_redis_unreachable_sends_everything_to_the_model_path(
     segmenter: Segmenter, unreachable_cache: DedupCache
 ) -> None:
-    processor = RequestProcessor(segmenter, unreachable_cache, worker_id="w-test")
+    processor = RequestProcessor(segmenter, unreachable_cache, worker_id="w-test", scope="g")
     items = processor.prepare_batch([_record("a", _png(_pixels(5))), _record("b", b"junk")])
     assert all(isinstance(item, ParsedRequest) for item in items)
     assert not unreachable_cache.healthy

@@ -52,3 +52,46 @@ def test_openmp_waits_passively_in_a_worker_unless_told_otherwise(inherited: str
         env["OMP_WAIT_POLICY"] = inherited
     out = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, check=True).stdout
     assert out.split() == [expected]  # torch loaded once, with the policy already set
+
+
+# Starts a worker whose models "load" instantly and which is stopped right then: prints the frozen object count.
+_FREEZE_PROBE = """
+import gc, sys
+from consumers.worker import Worker
+from segpipe.config import AppSettings
+settings = AppSettings(kafka={"bootstrap_servers": "127.0.0.1:9"}, redis={"enabled": False})
+worker = Worker(settings, freeze_gc=sys.argv[1] == "1")
+worker.segmenter.warm_up = worker.stop
+worker.run()
+print(gc.get_freeze_count())
+"""
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_the_worker_process_freezes_what_it_loaded_once_started(freeze: bool) -> None:
+    """``segpipe worker`` (``freeze_gc=True``) moves what start-up loaded out of the collector's reach; an in-process
+    worker (tests, embedding) leaves the collector alone."""
+    argv = [sys.executable, "-c", _FREEZE_PROBE, str(int(freeze))]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=120).stdout
+    frozen = int(out.split()[-1])
+    assert (frozen > 10_000) if freeze else (frozen == 0), frozen
+
+
+def test_main_runs_the_worker_with_a_frozen_collector(monkeypatch: pytest.MonkeyPatch) -> None:
+    import consumers.worker as module
+
+    seen: dict[str, object] = {}
+
+    class Stop(Exception):
+        pass
+
+    def capture(settings: AppSettings, **options: object) -> None:
+        seen.update(options)
+        raise Stop
+
+    monkeypatch.setattr(module, "Worker", capture)
+    monkeypatch.setattr(module, "_preflight", lambda settings: None)
+    monkeypatch.setenv("METRICS_PORT", "0")
+    with pytest.raises(Stop):
+        module.main([])
+    assert seen.get("freeze_gc") is True

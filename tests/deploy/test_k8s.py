@@ -52,6 +52,7 @@ COMPOSE_FILE = REPO / "docker-compose.yml"
 K8S_VERSIONS = ("1.27.0", kubernetes_validate.latest_version())
 CONFIGMAP = "segpipe-config"
 SECRET = "segpipe-secrets"
+LIBRDKAFKA_QUEUE_BYTES = 65536 * 1024  # queued.max.messages.kbytes, librdkafka's default (segpipe leaves it)
 WORKER = "segpipe-worker"
 REDIS = "segpipe-redis"
 GATEWAY = "segpipe-gateway"
@@ -390,12 +391,14 @@ def worker_problems(docs: list[Doc]) -> list[str]:
     if requested is not None and requested != gpus:
         problems.append(f"Deployment {WORKER}: nvidia.com/gpu request {requested} differs from its limit {gpus}")
     memory = (resources.get("limits") or {}).get("memory")
-    in_flight = effective(docs, WorkerSettings, "max_in_flight")
-    largest = effective(docs, KafkaSettings, "message_max_bytes")
-    if memory is None or quantity(memory) <= in_flight * largest:
+    held_mb = effective(docs, WorkerSettings, "max_in_flight_mb")
+    # What a worker holds besides its models: MAX_IN_FLIGHT_MB of requests, passed by at most one poll taken from
+    # librdkafka's pre-fetch queue, which holds as much again (queued.max.messages.kbytes).
+    held = held_mb * 2**20 + 2 * LIBRDKAFKA_QUEUE_BYTES
+    if memory is None or quantity(memory) <= held:
         problems.append(
-            f"Deployment {WORKER}: memory limit {memory} cannot hold MAX_IN_FLIGHT={in_flight} records "
-            f"of up to {largest} bytes: a backlog of large images would get the pod OOM-killed"
+            f"Deployment {WORKER}: memory limit {memory} cannot hold MAX_IN_FLIGHT_MB={held_mb} of requests "
+            "and librdkafka's pre-fetch queue: a backlog of large images would get the pod OOM-killed"
         )
 
     shutdown = effective(docs, WorkerSettings, "shutdown_timeout_s")
@@ -708,6 +711,7 @@ def test_probe_paths_are_the_workers_health_routes() -> None:
         assigned_partitions=0,
         paused=False,
         in_flight=0,
+        held_bytes=0,
         backlog=0,
         consumed=0,
         published=0,
@@ -887,8 +891,12 @@ BREAKAGES: dict[str, tuple[Callable[[list[Doc]], None], str]] = {
     "no GPU": (_set(_WORKER, (*_CONTAINER, "resources", "limits", "nvidia.com/gpu"), None), "nvidia.com/gpu"),
     "two GPUs": (_set(_WORKER, (*_CONTAINER, "resources", "limits", "nvidia.com/gpu"), 2), "nvidia.com/gpu"),
     "memory below the in-flight buffer": (
-        _set(_WORKER, (*_CONTAINER, "resources", "limits", "memory"), "4Gi"),
+        _set(_WORKER, (*_CONTAINER, "resources", "limits", "memory"), "320Mi"),
         "OOM-killed",
+    ),
+    "in-flight buffer above the memory limit": (
+        _set(_CM, ("data", "MAX_IN_FLIGHT_MB"), "20000"),
+        "MAX_IN_FLIGHT_MB=20000",
     ),
     "replicas fixed under KEDA": (_set(_WORKER, ("spec", "replicas"), 3), "replicas is set"),
     "writable models mount": (_set(_WORKER, (*_CONTAINER, "volumeMounts", 0, "readOnly"), False), "read-only"),

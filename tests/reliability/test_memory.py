@@ -23,6 +23,7 @@ from reliability_harness import (
 
 from devstack.services import LocalKafka
 from schemas import ResultStatus
+from segpipe.config import WorkerSettings
 
 pytestmark = pytest.mark.slow
 
@@ -63,13 +64,18 @@ def test_rss_stays_flat_over_two_thousand_requests(
 ) -> None:
     topics = make_topics(2)
     results = follow(kafka.bootstrap, topics.output)
-    # MAX_IN_FLIGHT=256 (the product default; test workers run 4): repeats are answered in bulk, so this sends 2,000
+    # MAX_IN_FLIGHT at the product default (test workers run 4): repeats are answered in bulk, so this sends 2,000
     # requests through in seconds rather than in pause/resume steps.
     # MALLOC_ARENA_MAX=2: glibc gives each decode thread an arena of its own (up to 8 per core), and each arena keeps
     # its own high-water mark: without it RSS rose in one-off steps of 25-40 MiB (3-5 %) when a new arena first
     # filled, then stayed flat; a leak grows with the request count instead. Deployments running many threads
     # commonly set it for the same reason.
-    worker = launcher(topics, MAX_WORKERS="16", MAX_IN_FLIGHT="256", MALLOC_ARENA_MAX="2")
+    worker = launcher(
+        topics,
+        MAX_WORKERS="16",
+        MAX_IN_FLIGHT=str(WorkerSettings.model_fields["max_in_flight"].default),
+        MALLOC_ARENA_MAX="2",
+    )
     worker.wait_assigned(120)
     publisher = Publisher(kafka.bootstrap, topics.input)
     started = time.monotonic()

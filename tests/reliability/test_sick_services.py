@@ -22,13 +22,18 @@ from reliability_harness import Follow, Launcher, Publisher, Report, TopicsFacto
 from worker_harness import PipelineTopics
 
 from devstack.services import LocalKafka, LocalRedis, create_topics, start_kafka
+from segpipe.config import WorkerSettings
 
 pytestmark = pytest.mark.slow
 
 OUTAGE_S = 20.0  # the operator's scenario: Redis SIGSTOPped for 20 s
 BACKLOG = 120  # queued before each outage: more than the worker answers in OUTAGE_S (asserted), so it never runs dry
 # What the product runs with (BATCH_SIZE unset resolves to 1 on a CPU); REDIS_SOCKET_TIMEOUT stays at its 2 s default.
-PRODUCT = {"MAX_IN_FLIGHT": "256", "MAX_WORKERS": "8", "BATCH_SIZE": "1"}
+PRODUCT = {
+    "MAX_IN_FLIGHT": str(WorkerSettings.model_fields["max_in_flight"].default),
+    "MAX_WORKERS": str(WorkerSettings.model_fields["max_workers"].default),
+    "BATCH_SIZE": "1",
+}
 _SUPPRESSED = re.compile(r" \(\d+ similar suppressed in \d+ s\)$")  # what the rate limiter appends
 
 
