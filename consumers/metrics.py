@@ -20,7 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from consumers.state import StateSource, WorkerState
@@ -126,7 +126,7 @@ class _LiveState(Collector):
     def __init__(self, source: StateSource) -> None:
         self.source = source
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         state = self.source.snapshot()
         yield GaugeMetricFamily("segpipe_in_flight", "Records consumed and not yet acknowledged", state.in_flight)
         yield GaugeMetricFamily(
@@ -138,6 +138,11 @@ class _LiveState(Collector):
             "segpipe_backlog", "Records waiting for a model-path slot (not answered by the cache)", state.backlog
         )
         yield GaugeMetricFamily("segpipe_consumed", "Records consumed since start", state.consumed)
+        yield CounterMetricFamily(
+            "segpipe_redelivered_answered",
+            "Redelivered records not published again: their results had been delivered (REDIS_ANSWERED_TTL)",
+            value=state.answered_again,
+        )
         yield GaugeMetricFamily("segpipe_assigned_partitions", "Input partitions assigned", state.assigned_partitions)
         yield GaugeMetricFamily("segpipe_paused", "1 while fetching is paused for back-pressure", int(state.paused))
         yield GaugeMetricFamily("segpipe_ready", "1 when the worker is ready", int(state.ready))

@@ -23,6 +23,7 @@ class WorkerState:
     backlog: int  # waiting for a model-path slot
     consumed: int
     published: int
+    answered_again: int  # redelivered records not published again: this group had delivered their results
     redis_healthy: bool | None  # None: no cache configured
 
     @property

@@ -151,6 +151,7 @@ class Worker:
             backlog=self.backlog,
             consumed=self.consumed,
             published=self.published,
+            answered_again=self.answered_again,
             redis_healthy=None if cache is None else cache.healthy,
         )
 

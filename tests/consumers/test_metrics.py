@@ -114,6 +114,7 @@ def test_metrics_and_health_follow_what_the_worker_does(
         assert samples[("segpipe_consumed", ())] == 4
         assert samples[("segpipe_in_flight", ())] == 0
         assert samples[("segpipe_in_flight_bytes", ())] == 0, "every answered record's payload is released"
+        assert samples[("segpipe_redelivered_answered_total", ())] == 0, "nothing was redelivered"
         assert samples[("segpipe_backlog", ())] == 0
         assert samples[("segpipe_assigned_partitions", ())] == 2
         assert samples[("segpipe_ready", ())] == 1

@@ -715,6 +715,7 @@ def test_probe_paths_are_the_workers_health_routes() -> None:
         backlog=0,
         consumed=0,
         published=0,
+        answered_again=0,
         redis_healthy=None,
     )
     worker = SimpleNamespace(snapshot=lambda: state)
