@@ -192,8 +192,7 @@ class RequestProcessor:
         if self.cache is None:
             return [self._parse_checked(record) for record in records]
         keys = [self.answered_key(record) for record in records]
-        marked = self.cache.answered([key for key in keys if key is not None]) if self.scope is not None else []
-        done = iter(marked)
+        done = iter(self.cache.answered([key for key in keys if key is not None]))
         items: list[Outcome | ParsedRequest | Answered] = [
             Answered(record) if key is not None and next(done) else self._parse_checked(record)
             for record, key in zip(records, keys, strict=True)

@@ -232,8 +232,8 @@ class Worker:
             hand_back=decode.hand_back,
         )
         limits = backpressure.Limits(self.max_in_flight, worker.max_workers, worker.max_in_flight_mb * MIB)
-        # Until a poll shows what records weigh, assume the largest a record may be.
         mark = lambda: self._mark_delivered(decode.run)  # noqa: E731
+        # Until a poll shows what records weigh, assume the largest a record may be (kafka.message_max_bytes).
         return _Pipeline(
             lifecycle, self.tracker, limits, loop, decode, model, outbox, sink, mark, kafka.message_max_bytes
         )
@@ -257,6 +257,10 @@ class Worker:
         """A redelivered record this group had delivered: its offset moves on, nothing is published again."""
         self.answered_again += 1
         log.debug("%s:%s@%s was answered before: not published again", record.topic, record.partition, record.offset)
+        self._done(record)
+
+    def _done(self, record: InboundRecord) -> None:
+        """The record is finished: store its partition's offset if it can advance."""
         next_offset = self.tracker.done((record.topic, record.partition), record.offset)
         if next_offset is not None and self._loop is not None:
             self._loop.store(record, next_offset)
@@ -281,9 +285,7 @@ class Worker:
         _log_result(outcome)
         if self.on_outcome is not None:
             self.on_outcome(outcome)
-        next_offset = self.tracker.done((record.topic, record.partition), record.offset)
-        if next_offset is not None and self._loop is not None:
-            self._loop.store(record, next_offset)
+        self._done(record)
         if self.processor.scope is not None:
             self._delivered.append(record)
 
