@@ -122,7 +122,7 @@ class Options:
 
 def parse_args(argv: Sequence[str] | None) -> Options:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", type=int, default=8, help="distinct images per scenario (default 8)")
+    parser.add_argument("--images", type=int, default=24, help="distinct images per scenario (default 24)")
     parser.add_argument("--repeat", type=int, default=3, help="runs to take the median of (default 3)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results", help="latest.json/.png go here")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="model device, bench and workers")
@@ -374,7 +374,12 @@ class Bench:
         )
 
     def start_worker(self, worker_id: str, group: str) -> WorkerProcess:
-        worker = start_worker(worker_id, self.worker_env(group), self.tmp)
+        env = self.worker_env(group)
+        # Both models loaded before the worker joins (the measured workers are in their steady state): SAM2 loading
+        # on a thread after the warm-up burnt CPU through (a)'s first repeat, which ran at half speed in every run.
+        # (cold) starts its own workers with the default.
+        env.setdefault("SAM2_BACKGROUND_LOAD", "false")
+        worker = start_worker(worker_id, env, self.tmp)
         self.workers[worker_id] = worker
         self.stack.callback(worker.stop)
         return worker
@@ -384,7 +389,7 @@ class Bench:
         if self.o.torch_threads:
             keep_torch_threads(self.o.torch_threads)
         self.segmenter = Segmenter(self.settings)
-        self.segmenter.warm_up()
+        self.segmenter.warm_up(background_sam2=False)
         warm = make_images(1, self.o.width, self.o.height, first_seed=WARM_SEED)[0]
         result = self.segmenter.segment(warm.pixels)
         if str(result.model) != "fastsam":
