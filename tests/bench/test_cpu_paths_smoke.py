@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import hit_path, prompt_cache
+from bench import hit_path, prompt_cache, thread_vs_main
 
 
 def test_prompt_cache_reports_a_hit_bit_equal_and_the_entry_size(
@@ -31,3 +31,12 @@ def test_hit_path_answers_every_repeat_from_redis(tmp_path: Path, demo_checkpoin
     report = hit_path.main(["--hits", "128", "--out", str(tmp_path), "--checkpoints", str(demo_checkpoints[0].parent)])
     assert report["hits"] == report["answered_from_cache"] == 128
     assert report["us_per_hit_cpu"] > 0
+
+
+def test_thread_vs_main_reports_time_and_page_faults_of_each_thread(demo_checkpoints: tuple[Path, Path]) -> None:
+    report = thread_vs_main.main(["--images", "1", "--repeat", "1", "--checkpoints", str(demo_checkpoints[0].parent)])
+    assert len(report["main"]["ms_per_image"]) == 2 and len(report["thread"]["ms_per_image"]) == 1
+    for side in ("main", "thread"):
+        assert report[side]["median_ms_per_image"] > 0
+        assert report[side]["median_minor_faults_per_image"] >= 0
+        assert report[side]["median_system_ms_per_image"] >= 0
