@@ -55,8 +55,6 @@ TRAIN_SEED = 3_000_000  # SAM2 scenes; held back: 4_000_000.. here, 5_000_000.. 
 EVAL_SEED = 4_000_000
 LOW = 256  # the mask decoder's output resolution (of SAM2's 1024 x 1024 input)
 RES = 1024
-
-
 SAM2_DECODER_NAME = "sam2.1_hiera_tiny-shapes-decoder.pt"
 
 
@@ -214,7 +212,8 @@ def forward(model, item, coords, labels, multimask: bool):
 
 
 def losses(masks, iou, obj, targets, best_only: bool = False):
-    """Per prompt: class-balanced BCE + dice for the best of its masks, MSE of every predicted IoU, object score BCE.
+    """Per prompt: class-balanced BCE + dice over all its masks (``best_only``: the best of them, as SAM trains),
+    MSE of every predicted IoU, object score BCE; and the IoU of the best mask, for the logs.
 
     SAM's focal x 20 + dice left this decoder predicting nothing for shapes covering 1-5 % of the image (train IoU
     0.1 after 600 steps); weighting a shape's pixels by the background/shape ratio (at most 50) learns."""
@@ -252,9 +251,9 @@ def evaluate(model, items, seed: int = 0) -> dict[str, float]:
         for mode in ("point", "box", "box-train"):
             rng = np.random.default_rng(seed)
             model.train(mode == "box-train")
+            kind = mode.removesuffix("-train")
             scores = []
             for item in items:
-                kind = mode.removesuffix("-train")
                 coords, labels, targets = sample_prompts(item, rng, 6, kind)
                 masks, iou, obj = forward(model, item, coords, labels, multimask=kind == "point")
                 _, best = losses(masks, iou, obj, targets)
