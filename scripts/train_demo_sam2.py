@@ -109,6 +109,19 @@ def align_attention(model, gain: float, pe_scale: float) -> None:
         model.sam_prompt_encoder.pe_layer.positional_encoding_gaussian_matrix.mul_(pe_scale)
 
 
+def encode(predictor, image: np.ndarray) -> dict[str, np.ndarray]:
+    """What the decoder needs of one image, in float16: the image embedding and the two high-resolution levels."""
+    torch = _import_torch()
+    with torch.inference_mode():
+        predictor.set_image(image)
+    feats = predictor._features
+    return {
+        "embed": feats["image_embed"][0].numpy().astype(np.float16),
+        "s0": feats["high_res_feats"][0][0].numpy().astype(np.float16),
+        "s1": feats["high_res_feats"][1][0].numpy().astype(np.float16),
+    }
+
+
 def cache_features(work: Path, seeds: range, threads: int) -> None:
     """Encode each scene once and keep what the decoder needs (resumable: existing files are skipped)."""
     torch = _import_torch()
@@ -123,20 +136,12 @@ def cache_features(work: Path, seeds: range, threads: int) -> None:
     for done, seed in enumerate(todo, 1):
         scene = make_scene(seed)
         image = scene.image if scene.image.ndim == 3 else np.repeat(scene.image[..., None], 3, axis=2)
-        with torch.inference_mode():
-            predictor.set_image(image)
-        feats = predictor._features
+        feats = encode(predictor, image)
         # Masks at the decoder's resolution (area-averaged: soft targets near edges); SAM2 resizes without padding.
         low = np.stack(
             [cv2.resize(m.astype(np.float32), (LOW, LOW), interpolation=cv2.INTER_AREA) for m in scene.masks]
         )
-        np.savez(
-            work / f"{seed}.partial.npz",
-            embed=feats["image_embed"][0].numpy().astype(np.float16),
-            s0=feats["high_res_feats"][0][0].numpy().astype(np.float16),
-            s1=feats["high_res_feats"][1][0].numpy().astype(np.float16),
-            masks=np.round(low * 255).astype(np.uint8),
-        )
+        np.savez(work / f"{seed}.partial.npz", **feats, masks=np.round(low * 255).astype(np.uint8))
         (work / f"{seed}.partial.npz").rename(work / f"{seed}.npz")
         if done % 10 == 0:
             rate = (time.monotonic() - started) / done
@@ -152,26 +157,17 @@ def blank_item(work: Path, threads: int) -> dict[str, np.ndarray]:
         torch.set_num_threads(threads)
         from sam2.sam2_image_predictor import SAM2ImagePredictor
 
-        predictor = SAM2ImagePredictor(build_sam2_model())
-        with torch.inference_mode():
-            predictor.set_image(np.full((RES, RES, 3), 128, np.uint8))
-        feats = predictor._features
-        np.savez(
-            path,
-            embed=feats["image_embed"][0].numpy().astype(np.float16),
-            s0=feats["high_res_feats"][0][0].numpy().astype(np.float16),
-            s1=feats["high_res_feats"][1][0].numpy().astype(np.float16),
-        )
+        np.savez(path, **encode(SAM2ImagePredictor(build_sam2_model()), np.full((RES, RES, 3), 128, np.uint8)))
     with np.load(path) as data:
         return {k: data[k] for k in data.files}
 
 
-def locate_prompts(rng: np.random.Generator, count: int, mode: str, window: tuple[int, int, int] = (0, 0, 64)):
-    """Prompts on the blank image and what they ask for by position alone: a disc of radius 12 around a point (in
-    the 256 grid; 48 px of the 1024 input), the rectangle of a box. ``window``: (y0, x0, size) of the embedding
-    window the step sees (64: all of it); prompts fall inside it, targets are cut to it."""
-    y0, x0, size = window
-    side = size * 4
+def locate_prompts(item: dict[str, np.ndarray], rng: np.random.Generator, count: int, mode: str):
+    """Prompts on (a window of) the blank image and what they ask for by position alone: a disc of radius 12 around
+    a point (in the 256 grid; 48 px of the 1024 input), the rectangle of a box. Prompts fall inside the window,
+    targets are cut to it."""
+    y0, x0 = (int(v) for v in item.get("origin", (0, 0)))
+    side = item["embed"].shape[-1] * 4
     yy, xx = np.mgrid[0:side, 0:side] + 0.5
     coords, labels, targets = [], [], []
     for _ in range(count):
@@ -189,18 +185,11 @@ def locate_prompts(rng: np.random.Generator, count: int, mode: str, window: tupl
     return np.stack(coords).astype(np.float32), np.array(labels, np.int32), np.stack(targets)
 
 
-def blank_window(blank: dict[str, np.ndarray], rng: np.random.Generator, size: int):
-    """A random ``size`` window of the blank image's features, and its (y0, x0, size)."""
-    if size >= 64:
-        return {**blank, "origin": np.zeros(2, np.int64)}, (0, 0, 64)
+def blank_window(blank: dict[str, np.ndarray], rng: np.random.Generator, size: int) -> dict[str, np.ndarray]:
+    """A random ``size`` window of the blank image's features (64: all of it)."""
+    size = min(size, 64)
     y0, x0 = (int(v) for v in rng.integers(0, 64 - size + 1, 2))
-    item = {
-        "embed": blank["embed"][:, y0 : y0 + size, x0 : x0 + size],
-        "s1": blank["s1"][:, y0 * 2 : (y0 + size) * 2, x0 * 2 : (x0 + size) * 2],
-        "s0": blank["s0"][:, y0 * 4 : (y0 + size) * 4, x0 * 4 : (x0 + size) * 4],
-        "origin": np.array([y0, x0]),
-    }
-    return item, (y0, x0, size)
+    return window(blank, y0, x0, size)
 
 
 def load(work: Path, seeds: range) -> list[dict[str, np.ndarray]]:
@@ -252,11 +241,15 @@ def crop(item: dict[str, np.ndarray], rng: np.random.Generator, size: int) -> di
     x0 = int(np.clip(cx - size // 2 + rng.integers(-size // 4, size // 4 + 1), 0, 64 - size))
     cut = masks[:, y0 * 4 : (y0 + size) * 4, x0 * 4 : (x0 + size) * 4]
     keep = (cut > 127).reshape(len(cut), -1).sum(axis=1) >= 16
+    return {**window(item, y0, x0, size), "masks": cut[keep] if keep.any() else cut[:0]}
+
+
+def window(item: dict[str, np.ndarray], y0: int, x0: int, size: int) -> dict[str, np.ndarray]:
+    """The features of a ``size`` x ``size`` window of the 64 x 64 embedding at (y0, x0), and its origin."""
     return {
         "embed": item["embed"][:, y0 : y0 + size, x0 : x0 + size],
         "s1": item["s1"][:, y0 * 2 : (y0 + size) * 2, x0 * 2 : (x0 + size) * 2],
         "s0": item["s0"][:, y0 * 4 : (y0 + size) * 4, x0 * 4 : (x0 + size) * 4],
-        "masks": cut[keep] if keep.any() else cut[:0],
         "origin": np.array([y0, x0]),
     }
 
@@ -340,7 +333,7 @@ def evaluate_locate(model, blank: dict[str, np.ndarray], seed: int = 0) -> dict[
     out = {}
     with torch.no_grad():
         for mode in ("point", "box"):
-            coords, labels, targets = locate_prompts(np.random.default_rng(seed), 8, mode)
+            coords, labels, targets = locate_prompts(blank, np.random.default_rng(seed), 8, mode)
             masks, iou, obj = forward(model, blank, coords, labels, multimask=mode == "point")
             out[mode] = round(losses(masks, iou, obj, targets)[1], 3)
     return out
@@ -393,8 +386,8 @@ def train(
             group["lr"] = lr * min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
         mode = "point" if rng.random() < 0.6 else "box"
         if blank is not None and (step < locate_steps or rng.random() < locate_share):
-            item, window = blank_window(blank, rng, crop_size)
-            coords, labels, targets = locate_prompts(rng, prompts, mode, window)
+            item = blank_window(blank, rng, crop_size)
+            coords, labels, targets = locate_prompts(item, rng, prompts, mode)
         else:
             item = crop(items[rng.integers(len(items))], rng, crop_size if rng.random() < crop_share else 64)
             if not len(item["masks"]):
